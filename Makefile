@@ -1,0 +1,30 @@
+# make test / lint / migrate / demo. Everything installs into .venv on first use.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test lint migrate clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): python/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e 'python[dev]'
+	touch $(INSTALLED)
+
+test: $(INSTALLED)
+	$(PYTHON) -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(VENV)/bin/sqlfluff lint sql
+	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff format --check python tests
+
+migrate: $(INSTALLED)
+	@test -n "$(DATABASE_URL)" || (echo "make migrate needs DATABASE_URL=postgresql://..." >&2; exit 2)
+	$(VENV)/bin/hopper --database-url "$(DATABASE_URL)" migrate
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from hopper.cli import main
+
+raise SystemExit(main())

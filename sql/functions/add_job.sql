@@ -1,0 +1,274 @@
+-- Producing jobs: add_job, add_jobs and the job-key rules of SPEC.md 3.2.
+
+-- Inserts one job per spec, in spec order. A keyed spec whose key is held by
+-- an active job is skipped (no row returned); _add_keyed_job decides then.
+CREATE OR REPLACE FUNCTION hopper._insert_specs(specs hopper.job_spec[])
+RETURNS SETOF hopper._jobs
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO hopper._jobs (
+        task_identifier, payload, queue_name, state, priority, run_at,
+        max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
+        backoff_max, dead_letter
+    )
+    SELECT
+        s.identifier,
+        coalesce(s.payload::jsonb, '{}'),
+        s.queue_name,
+        CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+        coalesce(s.priority, 0),
+        coalesce(s.run_at, now()),
+        coalesce(s.max_attempts, 25),
+        s.job_key,
+        s.flags,
+        s.tags,
+        s.timeout,
+        s.backoff,
+        s.backoff_delay,
+        s.backoff_max,
+        s.dead_letter
+    FROM unnest(specs) WITH ORDINALITY AS s
+    ORDER BY s.ordinality
+    ON CONFLICT (key)
+    WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
+    DO NOTHING
+    RETURNING *
+$$;
+
+-- Replaces an active, not running job in place (replace / preserve_run_at).
+CREATE OR REPLACE FUNCTION hopper._replace_job(
+    existing hopper._jobs, spec hopper.job_spec
+) RETURNS hopper._jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    keep_run_at boolean := spec.job_key_mode = 'preserve_run_at'
+        AND existing.attempts = 0;
+    new_run_at timestamptz := CASE
+        WHEN keep_run_at THEN existing.run_at
+        ELSE coalesce(spec.run_at, now())
+    END;
+    replaced hopper._jobs;
+BEGIN
+    UPDATE hopper._jobs AS j SET
+        task_identifier = spec.identifier,
+        -- batch jobs: two arrays merge, anything else replaces
+        payload = CASE
+            WHEN jsonb_typeof(j.payload) = 'array'
+                AND json_typeof(spec.payload) = 'array'
+                THEN j.payload || spec.payload::jsonb
+            ELSE coalesce(spec.payload::jsonb, '{}')
+        END,
+        queue_name = spec.queue_name,
+        state = CASE WHEN new_run_at > now() THEN 'scheduled' ELSE 'pending' END,
+        run_at = new_run_at,
+        priority = coalesce(spec.priority, 0),
+        max_attempts = coalesce(spec.max_attempts, 25),
+        flags = spec.flags,
+        tags = spec.tags,
+        timeout = spec.timeout,
+        backoff = spec.backoff,
+        backoff_delay = spec.backoff_delay,
+        backoff_max = spec.backoff_max,
+        dead_letter = spec.dead_letter,
+        attempts = 0,
+        last_error = NULL,
+        progress = NULL,
+        revision = j.revision + 1,
+        updated_at = now()
+    WHERE j.id = existing.id
+    RETURNING * INTO replaced;
+    RETURN replaced;
+END
+$$;
+
+-- Applies one keyed spec. Loops because the job holding the key may finish,
+-- start running or appear between our insert attempt and our row lock; each
+-- turn either returns or observes a committed change, so it ends quickly.
+CREATE OR REPLACE FUNCTION hopper._add_keyed_job(spec hopper.job_spec)
+RETURNS hopper.added_job
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mode text := coalesce(spec.job_key_mode, 'replace');
+    existing hopper._jobs;
+    added hopper._jobs;
+BEGIN
+    IF mode = 'unsafe_dedupe' THEN
+        SELECT * INTO existing FROM hopper._jobs AS j
+        WHERE j.key = spec.job_key
+            AND j.state IN ('completed', 'failed', 'cancelled')
+        ORDER BY j.finished_at DESC, j.id DESC
+        LIMIT 1;
+        IF existing.state = 'failed' AND NOT EXISTS (
+            SELECT FROM hopper._jobs AS j
+            WHERE j.key = spec.job_key
+                AND j.state IN ('waiting', 'scheduled', 'pending', 'running')
+        ) THEN
+            RETURN hopper._added(existing, 'deduped');
+        END IF;
+    END IF;
+    FOR turn IN 1..20 LOOP
+        SELECT * INTO added FROM hopper._insert_specs(ARRAY[spec]);
+        IF FOUND THEN
+            RETURN hopper._added(added, 'inserted');
+        END IF;
+        SELECT * INTO existing FROM hopper._jobs AS j
+        WHERE j.key = spec.job_key
+            AND j.state IN ('waiting', 'scheduled', 'pending', 'running')
+        FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        IF mode IN ('dedupe', 'unsafe_dedupe') THEN
+            RETURN hopper._added(existing, 'deduped');
+        END IF;
+        IF existing.state <> 'running' THEN
+            RETURN hopper._added(hopper._replace_job(existing, spec), 'updated');
+        END IF;
+        -- the running job keeps running without its key and is not retried
+        UPDATE hopper._jobs AS j
+        SET key = NULL, max_attempts = j.attempts, updated_at = now()
+        WHERE j.id = existing.id;
+    END LOOP;
+    RAISE EXCEPTION 'add_job: job_key "%" kept changing under us, try again',
+        spec.job_key USING ERRCODE = '40001';
+END
+$$;
+
+-- Applies specs in order and returns one row per spec, in input order.
+-- Unkeyed specs go in one INSERT; keyed ones one by one, so a key repeated
+-- within the call sees its earlier specs applied.
+CREATE OR REPLACE FUNCTION hopper._add_specs(specs hopper.job_spec[])
+RETURNS SETOF hopper.added_job
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unkeyed_index integer[] := ARRAY(
+        SELECT i FROM generate_subscripts(specs, 1) AS i
+        WHERE specs[i].job_key IS NULL ORDER BY i
+    );
+    results hopper.added_job[] := array_fill(
+        NULL::hopper.added_job, ARRAY[cardinality(specs)]
+    );
+    inserted hopper._jobs[];
+BEGIN
+    PERFORM hopper._ensure_queues(ARRAY(SELECT s.queue_name FROM unnest(specs) AS s));
+    IF cardinality(unkeyed_index) > 0 THEN
+        -- identity values follow insertion order, so sorting by id pairs
+        -- each new row with its spec
+        inserted := ARRAY(
+            SELECT j FROM hopper._insert_specs(
+                ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i)
+            ) AS j ORDER BY j.id
+        );
+        FOR n IN 1..cardinality(unkeyed_index) LOOP
+            results[unkeyed_index[n]] := hopper._added(inserted[n], 'inserted');
+        END LOOP;
+    END IF;
+    FOR i IN 1..coalesce(cardinality(specs), 0) LOOP
+        IF specs[i].job_key IS NOT NULL THEN
+            results[i] := hopper._add_keyed_job(specs[i]);
+        END IF;
+    END LOOP;
+    IF EXISTS (
+        SELECT FROM unnest(results) AS r
+        WHERE r.outcome <> 'deduped' AND r.state = 'pending'
+    ) THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(results);
+END
+$$;
+
+-- Adds (or, with a job key, updates or dedupes) one job; SPEC.md 3.1-3.2.
+-- The job exists only if the caller's transaction commits.
+CREATE OR REPLACE FUNCTION hopper.add_job(
+    identifier text,
+    payload json DEFAULT NULL,
+    queue_name text DEFAULT NULL,
+    run_at timestamptz DEFAULT NULL,
+    max_attempts integer DEFAULT NULL,
+    job_key text DEFAULT NULL,
+    priority integer DEFAULT NULL,
+    flags text[] DEFAULT NULL,
+    job_key_mode text DEFAULT 'replace',
+    tags text[] DEFAULT NULL,
+    depends_on bigint[] DEFAULT NULL,
+    depends_on_tags text[] DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    backoff text DEFAULT NULL,
+    backoff_delay interval DEFAULT NULL,
+    backoff_max interval DEFAULT NULL,
+    dead_letter text DEFAULT NULL
+) RETURNS hopper.added_job
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    spec hopper.job_spec := ROW(
+        identifier, payload, queue_name, run_at, max_attempts, job_key,
+        priority, flags, job_key_mode, tags, depends_on, depends_on_tags,
+        timeout, backoff, backoff_delay, backoff_max, dead_letter
+    );
+    added hopper.added_job;
+BEGIN
+    PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
+    SELECT * INTO added FROM hopper._add_specs(ARRAY[spec]);
+    RETURN added;
+END
+$$;
+
+-- Adds many jobs in one call; one row per spec, in input order (SPEC.md 3.3).
+-- job_key_preserve_run_at makes preserve_run_at the mode of specs giving none.
+CREATE OR REPLACE FUNCTION hopper.add_jobs(
+    specs hopper.job_spec[],
+    job_key_preserve_run_at boolean DEFAULT false
+) RETURNS SETOF hopper.added_job
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
+    IF job_key_preserve_run_at THEN
+        specs := ARRAY(
+            SELECT jsonb_populate_record(
+                specs[i], jsonb_build_object(
+                    'job_key_mode',
+                    coalesce(specs[i].job_key_mode, 'preserve_run_at')
+                )
+            )
+            FROM generate_subscripts(specs, 1) AS i
+            ORDER BY i
+        );
+    END IF;
+    PERFORM hopper._check_specs('add_jobs', specs, true);
+    RETURN QUERY SELECT * FROM hopper._add_specs(specs);
+END
+$$;
+
+-- The jsonb-array form of add_jobs: each element is an object whose keys are
+-- add_job's parameter names.
+CREATE OR REPLACE FUNCTION hopper.add_jobs(
+    specs jsonb,
+    job_key_preserve_run_at boolean DEFAULT false
+) RETURNS SETOF hopper.added_job
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF jsonb_typeof(specs) IS DISTINCT FROM 'array' THEN
+        PERFORM hopper._raise('add_jobs', '22023', 'specs must be a JSON array');
+    END IF;
+    RETURN QUERY SELECT * FROM hopper.add_jobs(
+        ARRAY(
+            SELECT jsonb_populate_record(NULL::hopper.job_spec, e.spec)
+            FROM jsonb_array_elements(specs) WITH ORDINALITY AS e (spec, n)
+            ORDER BY e.n
+        ),
+        job_key_preserve_run_at
+    );
+END
+$$;

@@ -1,0 +1,228 @@
+-- Admin and status functions (SPEC.md 4.5, 4.6, 4.8). Admin functions return
+-- the jobs they changed and skip the rest silently; they never touch
+-- finished jobs.
+
+-- Updates the given non-null fields of active jobs nobody holds.
+CREATE OR REPLACE FUNCTION hopper.reschedule_jobs(
+    job_ids bigint[],
+    run_at timestamptz DEFAULT NULL,
+    priority integer DEFAULT NULL,
+    attempts integer DEFAULT NULL,
+    max_attempts integer DEFAULT NULL
+) RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_required('reschedule_jobs', 'job_ids', job_ids IS NULL);
+    IF priority NOT BETWEEN -32768 AND 32767 THEN
+        PERFORM hopper._raise('reschedule_jobs', '22023', format(
+            'priority must be between -32768 and 32767 (got %s)', priority
+        ));
+    END IF;
+    IF max_attempts NOT BETWEEN 1 AND 32767 THEN
+        PERFORM hopper._raise('reschedule_jobs', '22023', format(
+            'max_attempts must be between 1 and 32767 (got %s)', max_attempts
+        ));
+    END IF;
+    IF attempts NOT BETWEEN 0 AND 32766 THEN
+        PERFORM hopper._raise('reschedule_jobs', '22023', format(
+            'attempts must be between 0 and 32766 (got %s)', attempts
+        ));
+    END IF;
+    -- a job left with no attempt to make would never run nor fail
+    IF EXISTS (
+        SELECT FROM hopper._jobs AS j
+        WHERE j.id = any(job_ids) AND j.state IN ('waiting', 'scheduled', 'pending')
+            AND coalesce(attempts, j.attempts) >= coalesce(max_attempts, j.max_attempts)
+    ) THEN
+        PERFORM hopper._raise('reschedule_jobs', '22023',
+            'attempts must stay below max_attempts');
+    END IF;
+    RETURN QUERY
+    WITH rescheduled AS (
+        UPDATE hopper._jobs AS j SET
+            run_at = coalesce(reschedule_jobs.run_at, j.run_at),
+            state = CASE
+                WHEN j.state = 'waiting' THEN 'waiting'
+                WHEN coalesce(reschedule_jobs.run_at, j.run_at) > now() THEN 'scheduled'
+                ELSE 'pending'
+            END,
+            priority = coalesce(reschedule_jobs.priority, j.priority),
+            attempts = coalesce(reschedule_jobs.attempts, j.attempts),
+            max_attempts = coalesce(reschedule_jobs.max_attempts, j.max_attempts),
+            revision = j.revision + 1,
+            updated_at = now()
+        WHERE j.id = any(job_ids) AND j.state IN ('waiting', 'scheduled', 'pending')
+        RETURNING j.*
+    )
+
+    SELECT p.* FROM rescheduled AS r
+    CROSS JOIN LATERAL hopper._present(r) AS p
+    ORDER BY p.id;
+    IF FOUND THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+END
+$$;
+
+-- Deletes the active job holding job_key if nobody holds it; a running one
+-- keeps running without its key and is not retried. Returns the job or NULL.
+CREATE OR REPLACE FUNCTION hopper.remove_job(job_key text)
+RETURNS hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    removed hopper._jobs;
+BEGIN
+    PERFORM hopper._check_required('remove_job', 'job_key', job_key IS NULL);
+    DELETE FROM hopper._jobs AS j
+    WHERE j.key = job_key AND j.state IN ('waiting', 'scheduled', 'pending')
+    RETURNING * INTO removed;
+    IF removed.id IS NULL THEN
+        UPDATE hopper._jobs AS j
+        SET key = NULL, max_attempts = j.attempts, updated_at = now()
+        WHERE j.key = job_key AND j.state = 'running'
+        RETURNING * INTO removed;
+    END IF;
+    RETURN hopper._present(removed);
+END
+$$;
+
+-- Unlocks every job the given workers hold: runnable again at once; the
+-- claim's attempt stays counted (graphile semantics).
+CREATE OR REPLACE FUNCTION hopper.force_unlock_workers(worker_ids text[])
+RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unlocked hopper._jobs[];
+BEGIN
+    PERFORM hopper._check_required('force_unlock_workers', 'worker_ids', worker_ids IS NULL);
+    WITH target AS (
+        UPDATE hopper._jobs AS j SET
+            state = CASE WHEN j.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+            locked_at = NULL,
+            locked_by = NULL,
+            updated_at = now()
+        WHERE j.state = 'running' AND j.locked_by = any(worker_ids)
+        RETURNING j.*
+    )
+
+    SELECT array_agg(t) INTO unlocked FROM target AS t;
+    PERFORM hopper._release_queue_slots(ARRAY(SELECT u.queue_name FROM unnest(unlocked) AS u));
+    IF cardinality(unlocked) > 0 THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+    RETURN QUERY
+    SELECT p.* FROM unnest(unlocked) AS u
+    CROSS JOIN LATERAL hopper._present(u) AS p
+    ORDER BY p.id;
+END
+$$;
+
+-- The job's public record, or NULL when no such job is retained.
+CREATE OR REPLACE FUNCTION hopper.job_status(job_id bigint)
+RETURNS hopper.jobs
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM hopper.jobs AS j WHERE j.id = job_id
+$$;
+
+-- Job counts per task and queue, by state, and how long the oldest pending
+-- job has been due.
+CREATE OR REPLACE FUNCTION hopper.queue_stats()
+RETURNS TABLE (
+    task_identifier text,
+    queue_name text,
+    waiting bigint,
+    scheduled bigint,
+    pending bigint,
+    running bigint,
+    completed bigint,
+    failed bigint,
+    cancelled bigint,
+    oldest_pending_age interval
+)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT
+        j.task_identifier,
+        j.queue_name,
+        count(*) FILTER (WHERE j.state = 'waiting'),
+        count(*) FILTER (WHERE j.state = 'scheduled'),
+        count(*) FILTER (WHERE j.state = 'pending'),
+        count(*) FILTER (WHERE j.state = 'running'),
+        count(*) FILTER (WHERE j.state = 'completed'),
+        count(*) FILTER (WHERE j.state = 'failed'),
+        count(*) FILTER (WHERE j.state = 'cancelled'),
+        now() - min(j.run_at) FILTER (WHERE j.state = 'pending')
+    FROM hopper.jobs AS j
+    GROUP BY j.task_identifier, j.queue_name
+    ORDER BY j.task_identifier, j.queue_name NULLS FIRST
+$$;
+
+-- Creates or changes a named queue; a NULL argument keeps the current value
+-- (a new queue runs one job at a time and is not paused).
+CREATE OR REPLACE FUNCTION hopper.set_queue(
+    queue_name text, concurrency integer DEFAULT NULL, paused boolean DEFAULT NULL
+) RETURNS hopper._queues
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text[] := hopper._text_problem('queue_name', queue_name, true, 128);
+    queue hopper._queues;
+BEGIN
+    IF problem IS NOT NULL THEN
+        PERFORM hopper._raise('set_queue', problem[1], problem[2]);
+    END IF;
+    IF concurrency < 1 THEN
+        PERFORM hopper._raise('set_queue', '22023', format(
+            'concurrency must be at least 1 (got %s)', concurrency
+        ));
+    END IF;
+    INSERT INTO hopper._queues AS q (name, concurrency, paused)
+    VALUES (queue_name, coalesce(concurrency, 1), coalesce(paused, false))
+    ON CONFLICT (name) DO UPDATE SET
+        concurrency = coalesce(set_queue.concurrency, q.concurrency),
+        paused = coalesce(set_queue.paused, q.paused)
+    RETURNING q.* INTO queue;
+    -- more slots or an unpaused queue may make jobs claimable
+    PERFORM hopper._notify_jobs();
+    RETURN queue;
+END
+$$;
+
+-- Deletes finished jobs past their retention (or, with older_than, every
+-- finished job that finished before now() - older_than). Returns the count.
+CREATE OR REPLACE FUNCTION hopper.prune(older_than interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pruned bigint;
+BEGIN
+    IF older_than < interval '0' THEN
+        PERFORM hopper._raise('prune', '22023', format(
+            'older_than must not be negative (got %s)', older_than
+        ));
+    END IF;
+    DELETE FROM hopper._jobs AS j
+    WHERE j.state IN ('completed', 'failed', 'cancelled')
+        AND j.finished_at < now() - coalesce(
+            older_than,
+            CASE j.state
+                WHEN 'completed' THEN hopper._setting('completed_retention')::interval
+                ELSE hopper._setting('failed_retention')::interval
+            END
+        );
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
+END
+$$;

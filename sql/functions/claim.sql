@@ -1,0 +1,195 @@
+-- Claiming jobs (SPEC.md 4.1).
+
+-- Makes scheduled jobs that are due claimable. Cheap when none are due: one
+-- probe of an index that holds scheduled jobs only.
+CREATE OR REPLACE FUNCTION hopper._promote_due_jobs(due_at timestamptz)
+RETURNS void
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE hopper._jobs AS j SET state = 'pending'
+    WHERE j.id IN (
+        SELECT d.id FROM hopper._jobs AS d
+        WHERE d.state = 'scheduled' AND d.run_at <= due_at
+        FOR UPDATE SKIP LOCKED
+    )
+$$;
+
+-- Jobs locked before expired_before by a worker that never registered (a
+-- plain SQL consumer that died) count the attempt as failed and run again at
+-- once. Registered workers' locks end only through rescue_stale_jobs.
+CREATE OR REPLACE FUNCTION hopper._expire_locks(
+    expired_before timestamptz, retry_at timestamptz, job_expiry interval
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    expired hopper._jobs[] := ARRAY(
+        SELECT j FROM hopper._jobs AS j
+        WHERE j.state = 'running' AND j.locked_at < expired_before
+            AND NOT EXISTS (
+                SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by
+            )
+        ORDER BY j.id
+        FOR UPDATE SKIP LOCKED
+    );
+BEGIN
+    IF cardinality(expired) > 0 THEN
+        PERFORM hopper._fail_running(
+            ARRAY(SELECT e.id FROM unnest(expired) AS e),
+            ARRAY(
+                SELECT format(
+                    'lock of worker %s expired after %s', e.locked_by, job_expiry
+                )
+                FROM unnest(expired) AS e
+            ),
+            NULL, NULL, retry_at
+        );
+    END IF;
+END
+$$;
+
+-- Locks and marks running up to batch_size claimable jobs in claim order.
+CREATE OR REPLACE FUNCTION hopper._claim(
+    worker_id text,
+    task_identifiers text[],
+    batch_size integer,
+    forbidden_flags text[],
+    claim_time timestamptz
+) RETURNS SETOF hopper._jobs
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Walk the pending index in claim order. The queue test here is only a
+    -- lock-free pre-filter that skips the jobs of busy or paused queues.
+    WITH candidate AS MATERIALIZED (
+        SELECT j.id, j.queue_name, j.priority, j.run_at
+        FROM hopper._jobs AS j
+        WHERE
+            j.state = 'pending'
+            AND j.run_at <= claim_time
+            AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
+            AND (
+                forbidden_flags IS NULL OR j.flags IS NULL
+                OR NOT j.flags && forbidden_flags
+            )
+            AND (j.queue_name IS NULL OR EXISTS (
+                SELECT FROM hopper._queues AS q
+                WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
+            ))
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT batch_size
+        FOR UPDATE OF j SKIP LOCKED
+    ),
+
+    -- Lock only the queues of the candidates. A queue row another claimer
+    -- holds is skipped; a locked row is re-read, so free_slots is current.
+    open_queue AS MATERIALIZED (
+        SELECT q.name, q.concurrency - q.running AS free_slots
+        FROM hopper._queues AS q
+        WHERE
+            q.name IN (SELECT c.queue_name FROM candidate AS c)
+            AND NOT q.paused AND q.running < q.concurrency
+        FOR UPDATE OF q SKIP LOCKED
+    ),
+
+    -- A batch takes no more jobs of a queue than the queue has free slots.
+    chosen AS MATERIALIZED (
+        SELECT ranked.id, ranked.queue_name
+        FROM (
+            SELECT
+                c.id,
+                c.queue_name,
+                row_number() OVER (
+                    PARTITION BY c.queue_name ORDER BY c.priority, c.run_at, c.id
+                ) AS queue_rank
+            FROM candidate AS c
+        ) AS ranked
+        LEFT JOIN open_queue AS oq ON ranked.queue_name = oq.name
+        WHERE ranked.queue_name IS NULL OR ranked.queue_rank <= oq.free_slots
+    ),
+
+    taken_slots AS (
+        UPDATE hopper._queues AS q SET running = q.running + t.slots
+        FROM (
+            SELECT ch.queue_name, count(*) AS slots FROM chosen AS ch
+            WHERE ch.queue_name IS NOT NULL
+            GROUP BY ch.queue_name
+        ) AS t
+        WHERE q.name = t.queue_name
+    )
+
+    UPDATE hopper._jobs AS j SET
+        state = 'running',
+        locked_at = claim_time,
+        locked_by = worker_id,
+        attempts = j.attempts + 1,
+        started_at = coalesce(j.started_at, claim_time),
+        updated_at = now()
+    FROM chosen
+    WHERE j.id = chosen.id
+    RETURNING j.*
+$$;
+
+-- Claims up to batch_size runnable jobs for worker_id, in the order
+-- priority, run_at, id. Concurrent callers never receive the same job.
+CREATE OR REPLACE FUNCTION hopper.get_jobs(
+    worker_id text,
+    task_identifiers text[] DEFAULT NULL,
+    batch_size integer DEFAULT 1,
+    forbidden_flags text[] DEFAULT NULL,
+    job_expiry interval DEFAULT '4 hours',
+    now timestamptz DEFAULT now()
+) RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_worker_id('get_jobs', worker_id);
+    PERFORM hopper._check_required('get_jobs', 'batch_size', batch_size IS NULL);
+    PERFORM hopper._check_required('get_jobs', 'job_expiry', job_expiry IS NULL);
+    PERFORM hopper._check_required('get_jobs', 'now', get_jobs.now IS NULL);
+    IF batch_size < 1 THEN
+        PERFORM hopper._raise('get_jobs', '22023', format(
+            'batch_size must be at least 1 (got %s)', batch_size
+        ));
+    END IF;
+    IF batch_size > hopper._setting('max_batch_size')::integer THEN
+        PERFORM hopper._raise('get_jobs', '54000', format(
+            'batch_size %s is more than max_batch_size (%s)',
+            batch_size, hopper._setting('max_batch_size')
+        ));
+    END IF;
+    IF job_expiry <= interval '0' THEN
+        PERFORM hopper._raise('get_jobs', '22023', format(
+            'job_expiry must be positive (got %s)', job_expiry
+        ));
+    END IF;
+    PERFORM hopper._promote_due_jobs(get_jobs.now);
+    PERFORM hopper._expire_locks(get_jobs.now - job_expiry, get_jobs.now, job_expiry);
+    RETURN QUERY
+    SELECT p.*
+    FROM hopper._claim(
+        worker_id, task_identifiers, batch_size, forbidden_flags, get_jobs.now
+    ) AS c
+    CROSS JOIN LATERAL hopper._present(c) AS p
+    ORDER BY p.priority, p.run_at, p.id;
+END
+$$;
+
+-- get_jobs with a batch of one: the claimed job, or NULL.
+CREATE OR REPLACE FUNCTION hopper.get_job(
+    worker_id text,
+    task_identifiers text[] DEFAULT NULL,
+    forbidden_flags text[] DEFAULT NULL,
+    job_expiry interval DEFAULT '4 hours',
+    now timestamptz DEFAULT now()
+) RETURNS hopper.jobs
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM hopper.get_jobs(
+        worker_id, task_identifiers, 1, forbidden_flags, job_expiry, now
+    )
+$$;

@@ -1,0 +1,131 @@
+-- Completing jobs (SPEC.md 4.2) and the admin complete_jobs (4.5).
+
+-- Completes the given jobs and returns them as completed. With owner, only
+-- jobs that owner currently holds (the fence: a stale worker changes
+-- nothing); without, only active jobs nobody holds. With completed_retention
+-- 0 the rows are deleted instead of kept.
+CREATE OR REPLACE FUNCTION hopper._complete(
+    job_ids bigint[], results jsonb[], owner text
+) RETURNS SETOF hopper._jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    done hopper._jobs[];
+BEGIN
+    IF hopper._setting('completed_retention')::interval = interval '0' THEN
+        WITH target AS (
+            SELECT j.id, r.result
+            FROM unnest(job_ids, results) AS r (id, result)
+            INNER JOIN hopper._jobs AS j ON r.id = j.id
+            WHERE CASE
+                WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
+                ELSE j.state = 'running' AND j.locked_by = owner
+            END
+            FOR UPDATE OF j
+        ),
+
+        gone AS (
+            DELETE FROM hopper._jobs AS j USING target AS t
+            WHERE j.id = t.id
+            RETURNING j AS job, t.result
+        )
+
+        SELECT array_agg(jsonb_populate_record(g.job, jsonb_build_object(
+            'state', 'completed', 'result', g.result, 'locked_at', NULL,
+            'locked_by', NULL, 'finished_at', now(), 'updated_at', now()
+        )))
+        INTO done
+        FROM gone AS g;
+    ELSE
+        WITH target AS (
+            SELECT j.id, r.result
+            FROM unnest(job_ids, results) AS r (id, result)
+            INNER JOIN hopper._jobs AS j ON r.id = j.id
+            WHERE CASE
+                WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
+                ELSE j.state = 'running' AND j.locked_by = owner
+            END
+            FOR UPDATE OF j
+        ),
+
+        completed AS (
+            UPDATE hopper._jobs AS j SET
+                state = 'completed',
+                result = t.result,
+                locked_at = NULL,
+                locked_by = NULL,
+                finished_at = now(),
+                updated_at = now()
+            FROM target AS t
+            WHERE j.id = t.id
+            RETURNING j.*
+        )
+
+        SELECT array_agg(c) INTO done FROM completed AS c;
+    END IF;
+    IF owner IS NOT NULL THEN
+        PERFORM hopper._release_queue_slots(ARRAY(SELECT d.queue_name FROM unnest(done) AS d));
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(done) AS d ORDER BY d.id;
+END
+$$;
+
+-- Completes one job held by worker_id and stores result. Returns the job, or
+-- NULL when worker_id does not hold it (nothing changes then).
+CREATE OR REPLACE FUNCTION hopper.complete_job(
+    worker_id text, job_id bigint, result jsonb DEFAULT NULL
+) RETURNS hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    completed hopper.jobs;
+BEGIN
+    PERFORM hopper._check_worker_id('complete_job', worker_id);
+    PERFORM hopper._check_required('complete_job', 'job_id', job_id IS NULL);
+    SELECT p.* INTO completed
+    FROM hopper._complete(ARRAY[job_id], ARRAY[result], worker_id) AS c
+    CROSS JOIN LATERAL hopper._present(c) AS p;
+    RETURN completed;
+END
+$$;
+
+-- The batch form of complete_job: returns the jobs it completed.
+CREATE OR REPLACE FUNCTION hopper.complete_claimed_jobs(
+    worker_id text, job_ids bigint[], results jsonb[] DEFAULT NULL
+) RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_worker_id('complete_claimed_jobs', worker_id);
+    PERFORM hopper._check_required('complete_claimed_jobs', 'job_ids', job_ids IS NULL);
+    IF results IS NOT NULL THEN
+        PERFORM hopper._check_same_length(
+            'complete_claimed_jobs', 'results', cardinality(results), cardinality(job_ids)
+        );
+    END IF;
+    RETURN QUERY
+    SELECT p.*
+    FROM hopper._complete(job_ids, results, worker_id) AS c
+    CROSS JOIN LATERAL hopper._present(c) AS p
+    ORDER BY p.id;
+END
+$$;
+
+-- Admin (graphile-compatible): marks active jobs nobody holds completed.
+CREATE OR REPLACE FUNCTION hopper.complete_jobs(job_ids bigint[])
+RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_required('complete_jobs', 'job_ids', job_ids IS NULL);
+    RETURN QUERY
+    SELECT p.*
+    FROM hopper._complete(job_ids, NULL, NULL) AS c
+    CROSS JOIN LATERAL hopper._present(c) AS p
+    ORDER BY p.id;
+END
+$$;
