@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 
 def _adapt(value: Any) -> Any:
@@ -41,7 +41,11 @@ def add_job(
     payload: Any = None,
     **options: Any,
 ) -> dict:
-    return call_one(conn, "add_job", identifier, payload, **options)
+    """add_job's payload is json (as in graphile-worker), not jsonb."""
+    if isinstance(payload, Jsonb):
+        payload = payload.obj
+    json_payload = Json(payload) if payload is not None else None
+    return call_one(conn, "add_job", identifier, json_payload, **options)
 
 
 def claim(conn: psycopg.Connection, worker_id: str = "w1", **options: Any) -> list[dict]:

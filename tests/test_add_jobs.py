@@ -1,0 +1,86 @@
+"""add_jobs: one call, rows in input order with outcomes, repeated keys applied in order."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg.types.json import Jsonb
+from sqlcalls import add_job, call, jobs
+
+
+def test_rows_come_back_in_input_order_with_outcomes(conn):
+    existing = add_job(conn, "t", {"v": 0}, job_key="k1")
+    specs = [
+        {"identifier": "a", "payload": {"n": 1}},
+        {"identifier": "b", "job_key": "k1", "payload": {"v": 1}},
+        {"identifier": "c", "payload": {"n": 3}, "queue_name": "q", "priority": -1},
+        {"identifier": "d", "job_key": "k1", "job_key_mode": "dedupe"},
+        {"identifier": "e", "job_key": "k2"},
+    ]
+    rows = call(conn, "add_jobs", Jsonb(specs))
+    assert [r["task_identifier"] for r in rows] == ["a", "b", "c", "b", "e"]
+    assert [r["outcome"] for r in rows] == [
+        "inserted", "updated", "inserted", "deduped", "inserted",
+    ]  # fmt: skip
+    assert rows[1]["id"] == rows[3]["id"] == existing["id"]
+    assert rows[2]["queue_name"] == "q" and rows[2]["priority"] == -1
+    assert len(jobs(conn)) == 4
+
+
+def test_composite_array_form_matches_jsonb_form(conn):
+    rows = conn.execute(
+        "SELECT * FROM hopper.add_jobs(ARRAY["
+        " ROW('a', '{\"x\": 1}', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+        "     NULL, NULL, NULL, NULL, NULL, NULL, NULL)::hopper.job_spec,"
+        " ROW('b', NULL, 'q', NULL, 3, 'key', NULL, NULL, NULL, NULL,"
+        "     NULL, NULL, NULL, NULL, NULL, NULL, NULL)::hopper.job_spec])"
+    ).fetchall()
+    assert [(r["task_identifier"], r["payload"], r["max_attempts"]) for r in rows] == [
+        ("a", {"x": 1}, 25),
+        ("b", {}, 3),
+    ]
+
+
+def test_repeated_key_within_one_call_is_applied_in_order(conn):
+    specs = [
+        {"identifier": "t", "job_key": "k", "payload": [1]},
+        {"identifier": "t", "job_key": "k", "payload": [2]},
+        {"identifier": "t", "job_key": "k", "payload": [3], "job_key_mode": "dedupe"},
+        {"identifier": "t", "job_key": "k", "payload": [4]},
+    ]
+    rows = call(conn, "add_jobs", Jsonb(specs))
+    assert [r["outcome"] for r in rows] == ["inserted", "updated", "deduped", "updated"]
+    assert rows[-1]["payload"] == [1, 2, 4]
+    assert [j["payload"] for j in jobs(conn)] == [[1, 2, 4]]
+
+
+def test_preserve_run_at_flag_applies_to_specs_without_a_mode(conn):
+    later = conn.execute("SELECT now() + '1 hour' AS t").fetchone()["t"]
+    add_job(conn, "t", job_key="k", run_at=later)
+    spec = {"identifier": "t", "job_key": "k", "run_at": "2100-01-01T00:00:00Z"}
+    (row,) = call(conn, "add_jobs", Jsonb([spec]), True)
+    assert row["outcome"] == "updated" and row["run_at"] == later
+    (row,) = call(conn, "add_jobs", Jsonb([{**spec, "job_key_mode": "replace"}]), True)
+    assert row["run_at"].year == 2100
+
+
+def test_empty_input_returns_no_rows(conn):
+    assert call(conn, "add_jobs", Jsonb([])) == []
+    assert (
+        conn.execute("SELECT * FROM hopper.add_jobs(ARRAY[]::hopper.job_spec[])").fetchall() == []
+    )
+
+
+def test_batch_of_many_sends_one_notification(conn, connect):
+    listener = connect()
+    listener.execute("LISTEN hopper_jobs")
+    call(conn, "add_jobs", Jsonb([{"identifier": "t"}] * 500))
+    assert len(list(listener.notifies(timeout=0.3))) == 1
+    assert len(jobs(conn)) == 500
+
+
+def test_batch_references_are_not_supported_yet(conn):
+    with pytest.raises(Exception, match="not supported yet"):
+        call(
+            conn, "add_jobs", Jsonb([{"identifier": "a"}, {"identifier": "b", "depends_on": [-1]}])
+        )
+    assert jobs(conn) == []

@@ -1,0 +1,140 @@
+"""Bad input raises a documented SQLSTATE, names the function and argument, and changes nothing."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg.types.json import Json, Jsonb
+from sqlcalls import call
+
+BAD_ADD_JOB_ARGUMENTS = [
+    # (arguments, sqlstate, words the message must contain)
+    ({"identifier": None}, "22004", "identifier must not be null"),
+    ({"identifier": "  "}, "22023", "identifier must not be blank"),
+    ({"identifier": "x" * 129}, "22023", "identifier must be at most 128"),
+    ({"queue_name": " "}, "22023", "queue_name must not be blank"),
+    ({"queue_name": "q" * 129}, "22023", "queue_name must be at most 128"),
+    ({"job_key": "\t "}, "22023", "job_key must not be blank"),
+    ({"job_key": "k" * 513}, "22023", "job_key must be at most 512"),
+    ({"payload": Json("text")}, "22023", "payload must be a JSON object or array (got string)"),
+    ({"payload": Json(5)}, "22023", "payload must be a JSON object or array (got number)"),
+    ({"payload": Json(None)}, "22023", "payload must be a JSON object or array (got null)"),
+    ({"max_attempts": 0}, "22023", "max_attempts must be between 1 and 32767"),
+    ({"max_attempts": 32768}, "22023", "max_attempts must be between 1 and 32767"),
+    ({"priority": 32768}, "22023", "priority must be between -32768 and 32767"),
+    ({"priority": -32769}, "22023", "priority must be between -32768 and 32767"),
+    ({"flags": ["ok", None]}, "22004", "flags must not contain null"),
+    ({"flags": ["ok", " "]}, "22023", "flags must not contain a blank element"),
+    ({"tags": [""]}, "22023", "tags must not contain a blank element"),
+    (
+        {"job_key_mode": "foo"},
+        "22023",
+        'job_key_mode must be one of replace, preserve_run_at, unsafe_dedupe, dedupe (got "foo")',
+    ),
+    ({"depends_on": [1]}, "0A000", "depends_on and depends_on_tags are not supported yet"),
+    ({"depends_on_tags": ["x"]}, "0A000", "not supported yet"),
+    ({"timeout": "0 seconds"}, "22023", "timeout must be positive"),
+    ({"backoff": "random"}, "22023", "backoff must be one of exponential, linear, fixed"),
+    ({"backoff_delay": "-1 second"}, "22023", "backoff_delay must not be negative"),
+    ({"backoff_max": "-1 second"}, "22023", "backoff_max must not be negative"),
+    ({"dead_letter": " "}, "22023", "dead_letter must not be blank"),
+]
+
+
+def add_job_with(conn, arguments):
+    values = {"identifier": "task", **arguments}
+    identifier = values.pop("identifier")
+    return call(conn, "add_job", identifier, **values)
+
+
+@pytest.mark.parametrize(("arguments", "sqlstate", "message"), BAD_ADD_JOB_ARGUMENTS)
+def test_add_job_rejects_bad_argument(conn, arguments, sqlstate, message):
+    with pytest.raises(psycopg.Error) as raised:
+        add_job_with(conn, {**arguments, "job_key": arguments.get("job_key", "key")})
+    assert raised.value.sqlstate == sqlstate
+    assert raised.value.diag.message_primary.startswith("add_job: ")
+    assert message in raised.value.diag.message_primary
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM hopper._queues").fetchone()["n"] == 0
+
+
+def test_job_key_mode_is_validated_without_a_key(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="job_key_mode"):
+        add_job_with(conn, {"job_key_mode": "nope"})
+
+
+def test_payload_larger_than_setting_is_rejected_with_54000(conn):
+    call(conn, "set_setting", "max_payload_bytes", "100")
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_payload_bytes"):
+        add_job_with(conn, {"payload": Json({"data": "x" * 200})})
+    assert add_job_with(conn, {"payload": Json({"data": "x" * 10})})[0]["outcome"] == "inserted"
+
+
+def test_bad_spec_in_add_jobs_names_its_index_and_adds_nothing(conn):
+    specs = Jsonb([{"identifier": "ok"}, {"identifier": "ok", "job_key": "k"}, {"identifier": " "}])
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
+        call(conn, "add_jobs", specs)
+    assert raised.value.diag.message_primary == (
+        "add_jobs: spec at index 2: identifier must not be blank"
+    )
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+def test_add_jobs_batch_larger_than_max_batch_size_is_rejected(conn):
+    call(conn, "set_setting", "max_batch_size", "3")
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_batch_size"):
+        call(conn, "add_jobs", Jsonb([{"identifier": "t"}] * 4))
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("function", "arguments", "sqlstate", "message"),
+    [
+        ("get_jobs", [None], "22004", "get_jobs: worker_id must not be null"),
+        ("get_jobs", [" "], "22023", "get_jobs: worker_id must not be blank"),
+        ("get_jobs", ["w", None, 0], "22023", "get_jobs: batch_size must be at least 1"),
+        ("get_jobs", ["w", None, 10001], "54000", "get_jobs: batch_size 10001 is more than"),
+        ("get_jobs", ["w", None, 1, None, "-1 hour"], "22023", "job_expiry must be positive"),
+        ("complete_job", [None, 1], "22004", "complete_job: worker_id must not be null"),
+        ("complete_job", ["w", None], "22004", "complete_job: job_id must not be null"),
+        ("complete_claimed_jobs", ["w", None], "22004", "job_ids must not be null"),
+        (
+            "complete_claimed_jobs",
+            ["w", [1, 2], [Jsonb(1)]],
+            "22023",
+            "complete_claimed_jobs: results has 1 elements but job_ids has 2",
+        ),
+        ("fail_job", ["w", None, "e"], "22004", "fail_job: job_id must not be null"),
+        (
+            "fail_claimed_jobs",
+            ["w", [1, 2], ["e"]],
+            "22023",
+            "fail_claimed_jobs: error_messages has 1 elements but job_ids has 2",
+        ),
+        ("reschedule_jobs", [[1], None, 40000], "22023", "reschedule_jobs: priority must be"),
+        ("reschedule_jobs", [[1], None, None, -1], "22023", "attempts must be between"),
+        ("remove_job", [None], "22004", "remove_job: job_key must not be null"),
+        ("set_queue", [" "], "22023", "set_queue: queue_name must not be blank"),
+        ("set_queue", ["q", 0], "22023", "set_queue: concurrency must be at least 1"),
+        ("set_setting", ["nope", "1"], "22023", 'set_setting: name "nope" is not a setting'),
+        ("set_setting", ["max_batch_size", "0"], "22023", "must be a positive integer"),
+        ("set_setting", ["max_batch_size", "ten"], "22023", "must be a positive integer"),
+        ("set_setting", ["failed_retention", "-1 day"], "22023", "non-negative interval"),
+        ("set_setting", ["failed_retention", "soon"], "22023", "non-negative interval"),
+        ("get_setting", ["nope"], "22023", 'get_setting: name "nope" is not a setting'),
+        ("prune", ["-1 day"], "22023", "prune: older_than must not be negative"),
+    ],
+)
+def test_public_functions_reject_bad_arguments(conn, function, arguments, sqlstate, message):
+    before = conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"]
+    with pytest.raises(psycopg.Error) as raised:
+        call(conn, function, *arguments)
+    assert raised.value.sqlstate == sqlstate
+    assert message in raised.value.diag.message_primary
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == before
+
+
+def test_unicode_payload_round_trips(conn):
+    payload = {"text": "héllo 世界 🚀", "nested": ["ü", {"ß": "\u2028"}]}
+    added = add_job_with(conn, {"payload": Json(payload)})[0]
+    assert added["payload"] == payload
