@@ -34,7 +34,8 @@ BEGIN
     IF EXISTS (
         SELECT FROM hopper._jobs AS j
         WHERE j.id = any(job_ids) AND j.state IN ('waiting', 'scheduled', 'pending')
-            AND coalesce(attempts, j.attempts) >= coalesce(max_attempts, j.max_attempts)
+            AND coalesce(reschedule_jobs.attempts, j.attempts)
+            >= coalesce(reschedule_jobs.max_attempts, j.max_attempts)
     ) THEN
         PERFORM hopper._raise('reschedule_jobs', '22023',
             'attempts must stay below max_attempts');

@@ -166,8 +166,8 @@ BEGIN
             'job_expiry must be positive (got %s)', job_expiry
         ));
     END IF;
-    PERFORM hopper._promote_due_jobs(get_jobs.now);
     PERFORM hopper._expire_locks(get_jobs.now - job_expiry, get_jobs.now, job_expiry);
+    PERFORM hopper._promote_due_jobs(get_jobs.now);
     RETURN QUERY
     SELECT p.*
     FROM hopper._claim(

@@ -1,0 +1,223 @@
+"""get_jobs / get_job: order, filters, SKIP LOCKED, lock expiry, named queues."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlcalls import add_job, call, call_one, claim, job
+
+
+def db_now(conn):
+    return conn.execute("SELECT now() AS t").fetchone()["t"]
+
+
+def test_claim_order_is_priority_then_run_at_then_id(conn):
+    now = db_now(conn)
+    ids = {}
+    ids["late_low"] = add_job(conn, "t", priority=0, run_at=now - timedelta(minutes=1))["id"]
+    ids["early_low"] = add_job(conn, "t", priority=0, run_at=now - timedelta(minutes=5))["id"]
+    ids["tie_a"] = add_job(conn, "t", priority=0, run_at=now - timedelta(minutes=3))["id"]
+    ids["tie_b"] = add_job(conn, "t", priority=0, run_at=now - timedelta(minutes=3))["id"]
+    ids["urgent"] = add_job(conn, "t", priority=-5)["id"]
+    ids["lazy"] = add_job(conn, "t", priority=10, run_at=now - timedelta(hours=1))["id"]
+    claimed = claim(conn, batch_size=10)
+    assert [j["id"] for j in claimed] == [
+        ids[name] for name in ("urgent", "early_low", "tie_a", "tie_b", "late_low", "lazy")
+    ]
+    assert all(j["state"] == "running" and j["locked_by"] == "w1" for j in claimed)
+    assert all(j["attempts"] == 1 and j["started_at"] is not None for j in claimed)
+
+
+def test_get_job_returns_one_job_or_null(conn):
+    assert call_one(conn, "get_job", "w1")["id"] is None
+    added = add_job(conn, "t")
+    got = call_one(conn, "get_job", "w1")
+    assert (got["id"], got["state"]) == (added["id"], "running")
+
+
+def test_future_job_is_claimed_only_once_due(conn):
+    added = add_job(conn, "t", run_at=db_now(conn) + timedelta(hours=1))
+    assert claim(conn) == []
+    later = db_now(conn) + timedelta(hours=2)
+    assert [j["id"] for j in claim(conn, now=later)] == [added["id"]]
+
+
+def test_task_filter_and_forbidden_flags(conn):
+    a = add_job(conn, "a")["id"]
+    b = add_job(conn, "b", flags=["slow"])["id"]
+    c = add_job(conn, "b")["id"]
+    assert [j["id"] for j in claim(conn, task_identifiers=["b"], forbidden_flags=["slow"])] == [c]
+    assert [j["id"] for j in claim(conn, forbidden_flags=["slow", "x"], batch_size=5)] == [a]
+    assert [j["id"] for j in claim(conn, batch_size=5)] == [b]
+
+
+def test_concurrent_claimers_never_get_the_same_job(dsn, conn):
+    call(conn, "add_jobs", Jsonb([{"identifier": "t"}] * 400))
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as own:
+            while True:
+                rows = own.execute(
+                    "SELECT id FROM hopper.get_jobs(%s, batch_size => 7)", [name]
+                ).fetchall()
+                if not rows:
+                    return
+                with lock:
+                    claimed.extend(r[0] for r in rows)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 400
+    assert len(set(claimed)) == 400
+
+
+def test_job_locked_in_an_open_transaction_is_skipped(connect, conn):
+    first = add_job(conn, "t")["id"]
+    second = add_job(conn, "t")["id"]
+    holder = connect()
+    with holder.transaction():
+        held = holder.execute("SELECT id FROM hopper.get_jobs('holder')").fetchall()
+        assert [r["id"] for r in held] == [first]
+        assert [j["id"] for j in claim(conn, "other", batch_size=5)] == [second]
+
+
+def test_expired_lock_of_unregistered_worker_is_claimable_again(conn):
+    added = add_job(conn, "t", max_attempts=3)
+    claim(conn, "crashed")
+    assert claim(conn, "w2") == []
+    later = db_now(conn) + timedelta(hours=5)
+    reclaimed = claim(conn, "w2", now=later)
+    assert [j["id"] for j in reclaimed] == [added["id"]]
+    assert reclaimed[0]["attempts"] == 2
+    assert reclaimed[0]["locked_by"] == "w2"
+    assert "lock of worker crashed expired after 04:00:00" in reclaimed[0]["last_error"]
+    assert call_one(conn, "complete_job", "crashed", added["id"])["id"] is None
+    assert job(conn, added["id"])["state"] == "running"
+
+
+def test_expired_lock_with_no_attempts_left_fails_the_job(conn):
+    added = add_job(conn, "t", max_attempts=1)
+    claim(conn, "crashed")
+    assert claim(conn, "w2", now=db_now(conn) + timedelta(hours=5)) == []
+    assert job(conn, added["id"])["state"] == "failed"
+
+
+def test_registered_workers_locks_do_not_expire(conn):
+    add_job(conn, "t")
+    conn.execute("INSERT INTO hopper._workers (id) VALUES ('alive')")
+    claim(conn, "alive")
+    assert claim(conn, "w2", now=db_now(conn) + timedelta(days=2)) == []
+
+
+# --- named queues ---------------------------------------------------------------
+
+
+def test_named_queue_runs_one_job_at_a_time_even_in_batches(conn):
+    q = [add_job(conn, "t", queue_name="q")["id"] for _ in range(3)]
+    free = add_job(conn, "t")["id"]
+    first = claim(conn, "w1", batch_size=10)
+    assert [j["id"] for j in first] == [q[0], free]
+    assert claim(conn, "w2", batch_size=10) == []
+    call(conn, "complete_job", "w1", q[0])
+    assert [j["id"] for j in claim(conn, "w2", batch_size=10)] == [q[1]]
+
+
+def test_failed_job_waiting_for_backoff_frees_its_queue(conn):
+    first = add_job(conn, "t", queue_name="q")["id"]
+    second = add_job(conn, "t", queue_name="q")["id"]
+    claim(conn)
+    call(conn, "fail_job", "w1", first, "boom")
+    assert [j["id"] for j in claim(conn, "w2")] == [second]
+
+
+def test_queue_concurrency_and_pause(conn):
+    ids = [add_job(conn, "t", queue_name="q")["id"] for _ in range(5)]
+    queue = call_one(conn, "set_queue", "q", 3)
+    assert (queue["concurrency"], queue["paused"], queue["running"]) == (3, False, 0)
+    assert [j["id"] for j in claim(conn, batch_size=10)] == ids[:3]
+    call_one(conn, "set_queue", "q", paused=True)
+    call(conn, "complete_claimed_jobs", "w1", ids[:3])
+    assert claim(conn, batch_size=10) == []
+    queue = call_one(conn, "set_queue", "q", paused=False)
+    assert (queue["concurrency"], queue["running"]) == (3, 0)
+    assert [j["id"] for j in claim(conn, batch_size=10)] == ids[3:]
+
+
+def test_concurrent_claimers_respect_queue_concurrency(dsn, conn):
+    call(
+        conn, "add_jobs", Jsonb([{"identifier": "t", "queue_name": f"q{i % 3}"} for i in range(90)])
+    )
+    call(conn, "set_queue", "q2", 2)
+    limits = {"q0": 1, "q1": 1, "q2": 2}
+    violations: list[str] = []
+    done: list[int] = []
+    lock = threading.Lock()
+    running: dict[str, int] = dict.fromkeys(limits, 0)
+
+    def worker(name: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as own:
+            idle = 0
+            while idle < 50:
+                rows = own.execute(
+                    "SELECT id, queue_name FROM hopper.get_jobs(%s, batch_size => 4)", [name]
+                ).fetchall()
+                if not rows:
+                    idle += 1
+                    continue
+                with lock:
+                    for _, queue in rows:
+                        running[queue] += 1
+                        if running[queue] > limits[queue]:
+                            violations.append(queue)
+                    for _, queue in rows:
+                        running[queue] -= 1
+                    done.extend(job_id for job_id, _ in rows)
+                own.execute(
+                    "SELECT hopper.complete_claimed_jobs(%s, %s)", [name, [r[0] for r in rows]]
+                )
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert violations == []
+    assert sorted(done) == sorted(set(done)) and len(done) == 90
+    running_counts = conn.execute("SELECT name, running FROM hopper._queues ORDER BY name")
+    assert [(r["name"], r["running"]) for r in running_counts] == [("q0", 0), ("q1", 0), ("q2", 0)]
+
+
+def test_queue_slots_are_never_exceeded_while_held(dsn, conn):
+    """Each claimer holds its claimed job (running) while others try: at most
+    concurrency jobs of the queue are ever running together."""
+    call(conn, "add_jobs", Jsonb([{"identifier": "t", "queue_name": "q"}] * 20))
+    call(conn, "set_queue", "q", 2)
+    barrier = threading.Barrier(8)
+    results: list[int] = []
+
+    def claimer(i: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as own:
+            barrier.wait()
+            rows = own.execute("SELECT id FROM hopper.get_jobs(%s, batch_size => 3)", [f"c{i}"])
+            results.append(len(rows.fetchall()))
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(results) == 2
+    assert (
+        conn.execute("SELECT count(*) AS n FROM hopper.jobs WHERE state = 'running'").fetchone()[
+            "n"
+        ]
+        == 2
+    )
