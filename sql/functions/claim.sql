@@ -7,12 +7,14 @@ RETURNS void
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+    -- an id array (not IN) keeps the update on the primary key whatever the
+    -- planner guesses about how many jobs are due
     UPDATE hopper._jobs AS j SET state = 'pending'
-    WHERE j.id IN (
+    WHERE j.id = any(ARRAY(
         SELECT d.id FROM hopper._jobs AS d
         WHERE d.state = 'scheduled' AND d.run_at <= due_at
         FOR UPDATE SKIP LOCKED
-    )
+    ))
 $$;
 
 -- Jobs locked before expired_before by a worker that never registered (a
