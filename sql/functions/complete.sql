@@ -1,5 +1,22 @@
 -- Completing jobs (SPEC.md 4.2) and the admin complete_jobs (4.5).
 
+-- Locks the jobs _complete may complete and pairs each with its result.
+CREATE OR REPLACE FUNCTION hopper._lock_completable(
+    job_ids bigint[], results jsonb[], owner text
+) RETURNS TABLE (id bigint, result jsonb)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT j.id, r.result
+    FROM unnest(job_ids, results) AS r (id, result)
+    INNER JOIN hopper._jobs AS j ON r.id = j.id
+    WHERE CASE
+        WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
+        ELSE j.state = 'running' AND j.locked_by = owner
+    END
+    FOR UPDATE OF j
+$$;
+
 -- Completes the given jobs and returns them as completed. With owner, only
 -- jobs that owner currently holds (the fence: a stale worker changes
 -- nothing); without, only active jobs nobody holds. With completed_retention
@@ -15,14 +32,7 @@ DECLARE
 BEGIN
     IF hopper._setting('completed_retention')::interval = interval '0' THEN
         WITH target AS (
-            SELECT j.id, r.result
-            FROM unnest(job_ids, results) AS r (id, result)
-            INNER JOIN hopper._jobs AS j ON r.id = j.id
-            WHERE CASE
-                WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
-                ELSE j.state = 'running' AND j.locked_by = owner
-            END
-            FOR UPDATE OF j
+            SELECT * FROM hopper._lock_completable(job_ids, results, owner)
         ),
 
         gone AS (
@@ -39,14 +49,7 @@ BEGIN
         FROM gone AS g;
     ELSE
         WITH target AS (
-            SELECT j.id, r.result
-            FROM unnest(job_ids, results) AS r (id, result)
-            INNER JOIN hopper._jobs AS j ON r.id = j.id
-            WHERE CASE
-                WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
-                ELSE j.state = 'running' AND j.locked_by = owner
-            END
-            FOR UPDATE OF j
+            SELECT * FROM hopper._lock_completable(job_ids, results, owner)
         ),
 
         completed AS (
