@@ -8,10 +8,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from hopper import migrate
-from hopper._embedded import EmbeddedPostgres
 from psycopg.rows import dict_row
 from pytest_postgresql.janitor import DatabaseJanitor
+
+from hopper import migrate
+from hopper._embedded import EmbeddedPostgres
 
 TEMPLATE_DB = "hopper_template"
 

@@ -6,6 +6,7 @@ import threading
 
 import psycopg
 import pytest
+
 from hopper import MigrationError, migrate
 from hopper._migrate import function_files, migrations
 

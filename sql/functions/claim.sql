@@ -195,3 +195,46 @@ AS $$
         worker_id, task_identifiers, 1, forbidden_flags, job_expiry, now
     )
 $$;
+
+-- Gives back jobs worker_id holds and will not run (graceful shutdown):
+-- runnable again at once and the claim's attempt is not counted. A job that
+-- was asked to cancel ends cancelled instead. Returns the jobs it changed.
+CREATE OR REPLACE FUNCTION hopper.release_jobs(worker_id text, job_ids bigint[])
+RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    released hopper._jobs[];
+BEGIN
+    PERFORM hopper._check_worker_id('release_jobs', worker_id);
+    PERFORM hopper._check_required('release_jobs', 'job_ids', job_ids IS NULL);
+    WITH target AS (
+        UPDATE hopper._jobs AS j SET
+            state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'pending' END,
+            last_error = CASE
+                WHEN j.cancel_requested THEN coalesce(j.last_error, 'cancelled')
+                ELSE j.last_error
+            END,
+            finished_at = CASE WHEN j.cancel_requested THEN now() END,
+            attempts = j.attempts - 1,
+            locked_at = NULL,
+            locked_by = NULL,
+            updated_at = now()
+        WHERE
+            j.id = any(job_ids) AND j.state = 'running'
+            AND j.locked_by = release_jobs.worker_id
+        RETURNING j.*
+    )
+
+    SELECT array_agg(t) INTO released FROM target AS t;
+    PERFORM hopper._release_queue_slots(ARRAY(SELECT r.queue_name FROM unnest(released) AS r));
+    IF EXISTS (SELECT FROM unnest(released) AS r WHERE r.state = 'pending') THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+    RETURN QUERY
+    SELECT p.* FROM unnest(released) AS r
+    CROSS JOIN LATERAL hopper._present(r) AS p
+    ORDER BY p.id;
+END
+$$;

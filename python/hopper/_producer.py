@@ -1,0 +1,111 @@
+"""Producing jobs from Python: thin calls of hopper.add_job / hopper.add_jobs.
+
+They run on the caller's connection, so a job commits or rolls back with the
+caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Json, Jsonb
+
+from hopper._options import INTERVAL_OPTIONS, JobSpec, parse_duration
+from hopper._records import Job
+
+ADD_JOB_OPTIONS = frozenset(
+    {
+        "queue_name", "run_at", "max_attempts", "job_key", "priority", "flags", "job_key_mode",
+        "tags", "depends_on", "depends_on_tags", "timeout", "backoff", "backoff_delay",
+        "backoff_max", "dead_letter",
+    }
+)  # fmt: skip
+
+
+def add_job_call(
+    identifier: str, payload: Any, options: dict[str, Any], schema: str
+) -> tuple[sql.Composed, list[Any]]:
+    """The SELECT that calls add_job with named arguments, and its parameters."""
+    unknown = set(options) - ADD_JOB_OPTIONS - {"delay"}
+    if unknown:
+        raise TypeError(f"add_job got unknown options: {', '.join(sorted(unknown))}")
+    delay = options.get("delay")
+    if delay is not None and options.get("run_at") is not None:
+        raise ValueError("give run_at or delay, not both")
+    arguments = [sql.SQL("identifier => %s"), sql.SQL("payload => %s")]
+    values: list[Any] = [identifier, Json(payload) if payload is not None else None]
+    for name, value in options.items():
+        if value is None or name == "delay":
+            continue
+        arguments.append(sql.SQL("{} => %s").format(sql.Identifier(name)))
+        values.append(parse_duration(value, name) if name in INTERVAL_OPTIONS else value)
+    if delay is not None:
+        # the database's clock decides when the job is due
+        arguments.append(sql.SQL("run_at => now() + %s"))
+        values.append(parse_duration(delay))
+    query = sql.SQL("SELECT * FROM {}.add_job({})").format(
+        sql.Identifier(schema), sql.SQL(", ").join(arguments)
+    )
+    return query, values
+
+
+def add_jobs_call(
+    specs: Sequence[JobSpec], job_key_preserve_run_at: bool, schema: str
+) -> tuple[sql.Composed, list[Any]]:
+    now = datetime.now(UTC)
+    query = sql.SQL("SELECT * FROM {}.add_jobs(%s::jsonb, %s)").format(sql.Identifier(schema))
+    return query, [Jsonb([spec.as_json(now) for spec in specs]), job_key_preserve_run_at]
+
+
+def add_job(
+    conn: psycopg.Connection,
+    identifier: str,
+    payload: Any = None,
+    *,
+    schema: str = "hopper",
+    **options: Any,
+) -> Job:
+    """Add a job in the caller's transaction; options mirror SQL add_job, plus ``delay``."""
+    return _one_job(conn, *add_job_call(identifier, payload, options, schema))
+
+
+def _one_job(conn: psycopg.Connection, query: sql.Composed, values: list[Any]) -> Job:
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(query, values).fetchone()
+    assert row is not None
+    return Job.from_row(row)
+
+
+def add_jobs(
+    conn: psycopg.Connection,
+    specs: Sequence[JobSpec],
+    *,
+    job_key_preserve_run_at: bool = False,
+    schema: str = "hopper",
+) -> list[Job]:
+    """Add many jobs in one statement; one Job per spec, in order."""
+    query, values = add_jobs_call(specs, job_key_preserve_run_at, schema)
+    with conn.cursor(row_factory=dict_row) as cursor:
+        return [Job.from_row(row) for row in cursor.execute(query, values).fetchall()]
+
+
+def quick_add_job(
+    dsn_or_conn: str | psycopg.Connection,
+    identifier: str,
+    payload: Any = None,
+    *,
+    schema: str = "hopper",
+    **options: Any,
+) -> Job:
+    """Add one job and commit it at once (opens a connection when given a DSN)."""
+    call = add_job_call(identifier, payload, options, schema)  # bad options fail here
+    if isinstance(dsn_or_conn, psycopg.Connection):
+        with dsn_or_conn.transaction():
+            return _one_job(dsn_or_conn, *call)
+    with psycopg.connect(dsn_or_conn, autocommit=True) as conn:
+        return _one_job(conn, *call)

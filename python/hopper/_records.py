@@ -1,0 +1,77 @@
+"""Records read from hopper's SQL functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+
+class JobState(StrEnum):
+    WAITING = "waiting"
+    SCHEDULED = "scheduled"
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_active(self) -> bool:
+        return self in (JobState.WAITING, JobState.SCHEDULED, JobState.PENDING, JobState.RUNNING)
+
+
+class Outcome(StrEnum):
+    INSERTED = "inserted"
+    UPDATED = "updated"
+    DEDUPED = "deduped"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as hopper's functions return it (SPEC.md section 1)."""
+
+    id: int
+    task_identifier: str
+    payload: Any
+    queue_name: str | None
+    state: JobState
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    errors: list[dict[str, Any]]
+    key: str | None
+    flags: list[str] | None
+    tags: list[str] | None
+    depends_on: list[int] | None
+    depends_on_tags: list[str] | None
+    locked_at: datetime | None
+    locked_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    progress: int | None
+    timeout: timedelta | None
+    revision: int
+    cancel_requested: bool
+    dead_letter: str | None
+    dead_letter_job_id: int | None
+    outcome: Outcome | None = None  # set by add_job / add_jobs
+
+    @property
+    def deduped(self) -> bool:
+        return self.outcome == Outcome.DEDUPED
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
+        values["state"] = JobState(values["state"])
+        if values["outcome"] is not None:
+            values["outcome"] = Outcome(values["outcome"])
+        return cls(**values)

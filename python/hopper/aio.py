@@ -1,0 +1,62 @@
+"""asyncio twins of the producers, taking psycopg AsyncConnections."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from hopper._options import JobSpec
+from hopper._producer import add_job_call, add_jobs_call
+from hopper._records import Job
+
+
+async def add_job(
+    conn: psycopg.AsyncConnection,
+    identifier: str,
+    payload: Any = None,
+    *,
+    schema: str = "hopper",
+    **options: Any,
+) -> Job:
+    return await _one_job(conn, *add_job_call(identifier, payload, options, schema))
+
+
+async def _one_job(conn: psycopg.AsyncConnection, query: sql.Composed, values: list[Any]) -> Job:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, values)
+        row = await cursor.fetchone()
+    assert row is not None
+    return Job.from_row(row)
+
+
+async def add_jobs(
+    conn: psycopg.AsyncConnection,
+    specs: Sequence[JobSpec],
+    *,
+    job_key_preserve_run_at: bool = False,
+    schema: str = "hopper",
+) -> list[Job]:
+    query, values = add_jobs_call(specs, job_key_preserve_run_at, schema)
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(query, values)
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
+
+async def quick_add_job(
+    dsn_or_conn: str | psycopg.AsyncConnection,
+    identifier: str,
+    payload: Any = None,
+    *,
+    schema: str = "hopper",
+    **options: Any,
+) -> Job:
+    call = add_job_call(identifier, payload, options, schema)
+    if isinstance(dsn_or_conn, psycopg.AsyncConnection):
+        async with dsn_or_conn.transaction():
+            return await _one_job(dsn_or_conn, *call)
+    async with await psycopg.AsyncConnection.connect(dsn_or_conn, autocommit=True) as conn:
+        return await _one_job(conn, *call)

@@ -1,0 +1,106 @@
+"""The Python producers: transactional add_job, add_jobs, quick_add_job, async twins."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+import hopper
+from hopper import aio
+
+
+def test_job_added_in_rolled_back_transaction_never_exists(dsn):
+    with psycopg.connect(dsn) as conn:
+        with pytest.raises(RuntimeError), conn.transaction():
+            hopper.add_job(conn, "send_email", {"user": 1})
+            raise RuntimeError("the caller's work failed")
+        with conn.transaction():
+            committed = hopper.add_job(conn, "send_email", {"user": 2})
+    ids = [j.id for j in _jobs(dsn)]
+    assert ids == [committed.id]
+
+
+def test_add_job_returns_a_full_record(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job = hopper.add_job(
+            conn, "resize", {"image": 7}, queue_name="images", priority=-2, max_attempts=3,
+            job_key="img:7", tags=["media"], timeout="30s", backoff="linear", backoff_delay=5,
+        )  # fmt: skip
+    assert isinstance(job, hopper.Job)
+    assert (job.task_identifier, job.payload, job.queue_name) == ("resize", {"image": 7}, "images")
+    assert (job.priority, job.max_attempts, job.key, job.tags) == (-2, 3, "img:7", ["media"])
+    assert job.timeout == timedelta(seconds=30)
+    assert job.state is hopper.JobState.PENDING
+    assert job.outcome is hopper.Outcome.INSERTED and not job.deduped
+
+
+def test_deduped_add_reports_it(dsn):
+    first = hopper.quick_add_job(dsn, "t", job_key="once", job_key_mode="dedupe")
+    second = hopper.quick_add_job(dsn, "t", job_key="once", job_key_mode="dedupe")
+    assert second.deduped and second.id == first.id
+
+
+@pytest.mark.parametrize(
+    ("delay", "seconds"),
+    [(90, 90), (1.5, 1.5), (timedelta(minutes=2), 120), ("5s", 5), ("5m", 300),
+     ("1h", 3600), ("2d", 172800)],
+)  # fmt: skip
+def test_delay_forms(dsn, delay, seconds):
+    job = hopper.quick_add_job(dsn, "t", delay=delay)
+    assert job.state is hopper.JobState.SCHEDULED or seconds < 0.01
+    assert (job.run_at - job.created_at).total_seconds() == pytest.approx(seconds, abs=0.01)
+
+
+@pytest.mark.parametrize("delay", ["5 minutes", "5y", "-5s", -1, True, "", [5]])
+def test_bad_delay_is_rejected_before_any_sql(delay):
+    with pytest.raises(ValueError, match="delay"):
+        hopper.quick_add_job("postgresql://nobody@127.0.0.1:1/none", "t", delay=delay)
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(TypeError, match="queue"):
+        hopper.quick_add_job("postgresql://nobody@127.0.0.1:1/none", "t", queue="q")
+
+
+def test_database_errors_surface_with_their_sqlstate(dsn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="job_key_mode"):
+        hopper.quick_add_job(dsn, "t", job_key_mode="sometimes")
+
+
+def test_add_jobs_in_order_with_delay_and_batch_ref(dsn):
+    specs = [
+        hopper.JobSpec("a", {"n": 1}),
+        hopper.JobSpec("b", [1, 2], job_key="batch", delay="1h"),
+        hopper.JobSpec("c", queue_name="q", timeout=timedelta(seconds=10)),
+    ]
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        jobs = hopper.add_jobs(conn, specs)
+    assert [j.task_identifier for j in jobs] == ["a", "b", "c"]
+    assert [j.state for j in jobs] == ["pending", "scheduled", "pending"]
+    assert jobs[2].timeout == timedelta(seconds=10)
+    assert hopper.batch_ref(0) == -1 and hopper.batch_ref(3) == -4
+
+
+def test_async_twins(dsn):
+    async def produce() -> tuple[hopper.Job, list[hopper.Job], hopper.Job]:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+            one = await aio.add_job(conn, "a", {"x": 1}, delay=60)
+            many = await aio.add_jobs(conn, [hopper.JobSpec("b"), hopper.JobSpec("c")])
+        quick = await aio.quick_add_job(dsn, "d")
+        return one, many, quick
+
+    one, many, quick = asyncio.run(produce())
+    assert one.state is hopper.JobState.SCHEDULED
+    assert [j.task_identifier for j in many] == ["b", "c"]
+    assert [j.task_identifier for j in _jobs(dsn)] == ["a", "b", "c", "d"]
+    assert quick.outcome is hopper.Outcome.INSERTED
+
+
+def _jobs(dsn: str) -> list[hopper.Job]:
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        return [
+            hopper.Job.from_row(r) for r in cursor.execute("SELECT * FROM hopper.jobs ORDER BY id")
+        ]
