@@ -175,3 +175,23 @@ def test_batch_fail_returns_changed_jobs(conn):
         (ids[0], "failed", "a"),
         (ids[1], "scheduled", "b"),
     ]
+
+
+def test_permanent_failure_skips_remaining_attempts(conn):
+    job_id = claimed_job(conn, max_attempts=10)
+    failed = call_one(conn, "fail_job", "w1", job_id, "bad payload", None, True)
+    assert (failed["state"], failed["attempts"], failed["last_error"]) == (
+        "failed", 1, "bad payload",
+    )  # fmt: skip
+    other = claimed_job(conn, max_attempts=10)
+    (batch,) = call(conn, "fail_claimed_jobs", "w1", [other], ["bad"], None, True)
+    assert batch["state"] == "failed"
+
+
+def test_set_progress_only_by_the_holder(conn):
+    job_id = claimed_job(conn, "w1")
+    assert call_one(conn, "set_progress", "w2", job_id, 50)["set_progress"] is False
+    assert call_one(conn, "set_progress", "w1", job_id, 40)["set_progress"] is True
+    assert job(conn, job_id)["progress"] == 40
+    with pytest.raises(Exception, match="progress must be between 0 and 100"):
+        call(conn, "set_progress", "w1", job_id, 101)

@@ -4,17 +4,25 @@ from hopper._migrate import MigrationError, migrate
 from hopper._options import JobSpec, batch_ref, parse_duration
 from hopper._producer import add_job, add_jobs, quick_add_job
 from hopper._records import Job, JobState, Outcome
+from hopper._tasks import JobContext, PermanentFailure, TaskRegistry
+from hopper._worker import Worker, run_once, run_worker
 
 __all__ = [
     "Job",
+    "JobContext",
     "JobSpec",
     "JobState",
     "MigrationError",
     "Outcome",
+    "PermanentFailure",
+    "TaskRegistry",
+    "Worker",
     "add_job",
     "add_jobs",
     "batch_ref",
     "migrate",
     "parse_duration",
     "quick_add_job",
+    "run_once",
+    "run_worker",
 ]

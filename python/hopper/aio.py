@@ -12,6 +12,8 @@ from psycopg.rows import dict_row
 from hopper._options import JobSpec
 from hopper._producer import add_job_call, add_jobs_call
 from hopper._records import Job
+from hopper._tasks import TaskRegistry
+from hopper._worker import Worker
 
 
 async def add_job(
@@ -60,3 +62,10 @@ async def quick_add_job(
             return await _one_job(dsn_or_conn, *call)
     async with await psycopg.AsyncConnection.connect(dsn_or_conn, autocommit=True) as conn:
         return await _one_job(conn, *call)
+
+
+async def run_once(
+    dsn_or_conn: str | psycopg.AsyncConnection, tasks: TaskRegistry, **options: Any
+) -> int:
+    """Run every job due now on the running event loop; returns how many ran."""
+    return await Worker(dsn_or_conn, tasks, listen=False, **options).run_once()

@@ -1,14 +1,29 @@
-"""The ``hopper`` command line."""
+"""The ``hopper`` command line: migrate, worker, add-job, status."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import json
+import logging
 import os
+import signal
 import sys
+from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
 
-from hopper._migrate import MigrationError, migrate
+from hopper._migrate import MigrationError, migrate, validate_schema
+from hopper._producer import quick_add_job
+from hopper._tasks import TaskRegistry
+from hopper._worker import Worker
+
+
+class UsageError(Exception):
+    """A problem with what the user asked; printed without a traceback."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,33 +33,192 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATABASE_URL"),
         help="PostgreSQL connection URL (default: $DATABASE_URL)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    migrate_cmd = commands.add_parser("migrate", help="install or upgrade hopper's schema")
-    migrate_cmd.add_argument(
+    parser.add_argument(
         "--schema",
         default=os.environ.get("HOPPER_SCHEMA", "hopper"),
-        help="schema to install into (default: $HOPPER_SCHEMA or hopper)",
+        help="hopper's schema (default: $HOPPER_SCHEMA or hopper)",
     )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    migrate_cmd = commands.add_parser("migrate", help="install or upgrade hopper's schema")
+    migrate_cmd.add_argument("--schema", dest="migrate_schema", help=argparse.SUPPRESS)
+
+    worker = commands.add_parser("worker", help="run jobs")
+    worker.add_argument("--tasks", required=True, help="module:registry of a TaskRegistry")
+    worker.add_argument("-c", "--concurrency", type=int, default=8)
+    worker.add_argument("--once", action="store_true", help="run the jobs due now, then exit")
+    worker.add_argument("--no-listen", action="store_true", help="poll only (for PgBouncer)")
+    worker.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS")
+    worker.add_argument("--grace-period", type=float, default=10.0, metavar="SECONDS")
+
+    add = commands.add_parser("add-job", help="add a job")
+    add.add_argument("task")
+    add.add_argument("payload", nargs="?", default=None, help="JSON object or array")
+    add.add_argument("--run-at")
+    add.add_argument("--delay", help='seconds or "5s" "5m" "1h" "2d"')
+    add.add_argument("--queue", dest="queue_name")
+    add.add_argument("--priority", type=int)
+    add.add_argument("--max-attempts", type=int)
+    add.add_argument("--job-key")
+    add.add_argument("--job-key-mode")
+    add.add_argument("--flag", dest="flags", action="append")
+    add.add_argument("--tag", dest="tags", action="append")
+
+    status = commands.add_parser("status", help="one job in full, or counts per task and state")
+    status.add_argument("job_id", nargs="?", type=int)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("HOPPER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     if not args.database_url:
         print("hopper: no database: pass --database-url or set DATABASE_URL", file=sys.stderr)
         return 2
     try:
-        if args.command == "migrate":
-            applied = migrate(args.database_url, args.schema)
-            if applied:
-                for name in applied:
-                    print(f"applied {name}")
-            else:
-                print(f"schema {args.schema} is up to date")
-    except MigrationError as error:
+        return COMMANDS[args.command](args)
+    except (MigrationError, UsageError, ValueError) as error:
         print(f"hopper: {error}", file=sys.stderr)
+        return 1
+    except psycopg.ProgrammingError as error:
+        if isinstance(error, psycopg.errors.UndefinedFunction | psycopg.errors.InvalidSchemaName):
+            print(
+                f"hopper: hopper is not installed in schema {args.schema} of this database: "
+                "run `hopper migrate` first",
+                file=sys.stderr,
+            )
+        else:
+            print(f"hopper: {error}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as error:
         print(f"hopper: cannot connect to the database: {error}", file=sys.stderr)
         return 1
+    except psycopg.Error as error:
+        print(f"hopper: {error.diag.message_primary or error}", file=sys.stderr)
+        return 1
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    schema = args.migrate_schema or args.schema
+    applied = migrate(args.database_url, schema)
+    for name in applied:
+        print(f"applied {name}")
+    if not applied:
+        print(f"schema {schema} is up to date")
     return 0
+
+
+def load_registry(spec: str) -> TaskRegistry:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--tasks must look like module:registry (got {spec!r})")
+    sys.path.insert(0, os.getcwd())
+    try:
+        registry = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"cannot load tasks {spec!r}: {error}") from error
+    if not isinstance(registry, TaskRegistry):
+        raise UsageError(f"{spec} is a {type(registry).__name__}, not a hopper.TaskRegistry")
+    return registry
+
+
+def _worker(args: argparse.Namespace) -> int:
+    validate_schema(args.schema)
+    tasks = load_registry(args.tasks)
+    _check_installed(args.database_url, args.schema)
+    worker = Worker(
+        args.database_url,
+        tasks,
+        concurrency=args.concurrency,
+        poll_interval=args.poll_interval,
+        listen=not args.no_listen,
+        grace_period=args.grace_period,
+        schema=args.schema,
+    )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, worker.stop)
+        if args.once:
+            print(f"ran {await worker.run_once()} jobs")
+        else:
+            await worker.run()
+
+    asyncio.run(run())
+    # a sync handler still running in its thread must not hold the process
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _check_installed(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s AND p.proname = 'get_jobs'",
+            [schema],
+        ).fetchone()
+    if not found:
+        raise UsageError(
+            f"hopper is not installed in schema {schema} of this database: run `hopper migrate`"
+        )
+
+
+ADD_JOB_FLAGS = (
+    "run_at", "delay", "queue_name", "priority", "max_attempts", "job_key", "job_key_mode",
+    "flags", "tags",
+)  # fmt: skip
+
+
+def _add_job(args: argparse.Namespace) -> int:
+    validate_schema(args.schema)
+    payload: Any = None
+    if args.payload is not None:
+        try:
+            payload = json.loads(args.payload)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"PAYLOAD is not JSON: {error}") from error
+    options = {
+        name: getattr(args, name) for name in ADD_JOB_FLAGS if getattr(args, name) is not None
+    }
+    job = quick_add_job(args.database_url, args.task, payload, schema=args.schema, **options)
+    print(json.dumps({"id": job.id, "state": job.state, "outcome": job.outcome}))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    validate_schema(args.schema)
+    schema = sql.Identifier(args.schema)
+    with psycopg.connect(args.database_url, row_factory=dict_row) as conn:
+        if args.job_id is not None:
+            row = conn.execute(
+                sql.SQL("SELECT * FROM {}.job_status(%s)").format(schema), [args.job_id]
+            ).fetchone()
+            if row is None or row["id"] is None:
+                print(f"hopper: no job {args.job_id}", file=sys.stderr)
+                return 1
+            print(json.dumps(row, default=str, indent=2))
+            return 0
+        rows = conn.execute(sql.SQL("SELECT * FROM {}.queue_stats()").format(schema)).fetchall()
+    _print_stats(rows)
+    return 0
+
+
+STATES = ("waiting", "scheduled", "pending", "running", "completed", "failed", "cancelled")
+
+
+def _print_stats(rows: list[dict[str, Any]]) -> None:
+    header = ["task", "queue", *STATES]
+    table = [header] + [
+        [r["task_identifier"], r["queue_name"] or "-", *(str(r[s]) for s in STATES)] for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+COMMANDS = {"migrate": _migrate, "worker": _worker, "add-job": _add_job, "status": _status}

@@ -227,3 +227,25 @@ BEGIN
     RETURN pruned;
 END
 $$;
+
+-- Records how far a running job is (0-100); only the worker holding it can.
+-- Returns whether the job was updated.
+CREATE OR REPLACE FUNCTION hopper.set_progress(
+    worker_id text, job_id bigint, progress integer
+) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_worker_id('set_progress', worker_id);
+    PERFORM hopper._check_required('set_progress', 'job_id', job_id IS NULL);
+    IF progress NOT BETWEEN 0 AND 100 OR progress IS NULL THEN
+        PERFORM hopper._raise('set_progress', '22023', format(
+            'progress must be between 0 and 100 (got %s)', coalesce(progress::text, 'null')
+        ));
+    END IF;
+    UPDATE hopper._jobs AS j SET progress = set_progress.progress, updated_at = now()
+    WHERE j.id = job_id AND j.state = 'running' AND j.locked_by = worker_id;
+    RETURN FOUND;
+END
+$$;

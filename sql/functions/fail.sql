@@ -68,14 +68,15 @@ $$;
 
 -- Records a failed attempt of running jobs (all of them, or only those owner
 -- holds). A job with attempts left is retried at retry_at, or after its
--- backoff when retry_at is NULL; otherwise it fails for good. A job asked to
--- cancel ends cancelled. Frees the jobs' queue slots.
+-- backoff when retry_at is NULL; otherwise, or when permanent, it fails for
+-- good. A job asked to cancel ends cancelled. Frees the jobs' queue slots.
 CREATE OR REPLACE FUNCTION hopper._fail_running(
     job_ids bigint[],
     error_messages text[],
     replacement_payloads jsonb[],
     owner text,
-    retry_at timestamptz
+    retry_at timestamptz,
+    permanent boolean DEFAULT false
 ) RETURNS SETOF hopper._jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -90,7 +91,7 @@ BEGIN
             i.replacement,
             CASE
                 WHEN j.cancel_requested THEN 'cancelled'
-                WHEN j.attempts >= j.max_attempts THEN 'failed'
+                WHEN permanent OR j.attempts >= j.max_attempts THEN 'failed'
                 ELSE 'retry'
             END AS verdict,
             coalesce(retry_at, now() + hopper._backoff(
@@ -137,13 +138,15 @@ BEGIN
 END
 $$;
 
--- Fails one job held by worker_id (SPEC.md 4.2). Returns the job, or NULL
--- when worker_id does not hold it (nothing changes then).
+-- Fails one job held by worker_id (SPEC.md 4.2); permanent fails it for good
+-- whatever attempts are left (retrying cannot fix it). Returns the job, or
+-- NULL when worker_id does not hold it (nothing changes then).
 CREATE OR REPLACE FUNCTION hopper.fail_job(
     worker_id text,
     job_id bigint,
     error_message text,
-    replacement_payload jsonb DEFAULT NULL
+    replacement_payload jsonb DEFAULT NULL,
+    permanent boolean DEFAULT false
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -156,7 +159,7 @@ BEGIN
     SELECT p.* INTO failed
     FROM hopper._fail_running(
         ARRAY[job_id], ARRAY[error_message], ARRAY[replacement_payload],
-        worker_id, NULL
+        worker_id, NULL, coalesce(permanent, false)
     ) AS f
     CROSS JOIN LATERAL hopper._present(f) AS p;
     RETURN failed;
@@ -168,7 +171,8 @@ CREATE OR REPLACE FUNCTION hopper.fail_claimed_jobs(
     worker_id text,
     job_ids bigint[],
     error_messages text[],
-    replacement_payloads jsonb[] DEFAULT NULL
+    replacement_payloads jsonb[] DEFAULT NULL,
+    permanent boolean DEFAULT false
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -189,7 +193,8 @@ BEGIN
     RETURN QUERY
     SELECT p.*
     FROM hopper._fail_running(
-        job_ids, error_messages, replacement_payloads, worker_id, NULL
+        job_ids, error_messages, replacement_payloads, worker_id, NULL,
+        coalesce(permanent, false)
     ) AS f
     CROSS JOIN LATERAL hopper._present(f) AS p
     ORDER BY p.id;

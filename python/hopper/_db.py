@@ -1,0 +1,117 @@
+"""The worker's calls of hopper's SQL functions, over a pool or a given connection.
+
+Every method is one call of a hopper function; nothing here decides queue logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from hopper._records import Job
+from hopper._tasks import Completed, Failed
+
+
+class Database:
+    """Runs statements on a pool (DSN), an AsyncConnection or a sync Connection."""
+
+    def __init__(
+        self,
+        target: str | psycopg.Connection | psycopg.AsyncConnection,
+        schema: str = "hopper",
+        pool_size: int = 4,
+    ) -> None:
+        self.schema = schema
+        self.dsn: str | None = target if isinstance(target, str) else None
+        self._pool: AsyncConnectionPool | None = None
+        self._conn = None if isinstance(target, str) else target
+        self._lock = asyncio.Lock()
+        self._pool_size = pool_size
+        if not isinstance(target, str) and not target.autocommit:
+            raise ValueError("a connection given to the worker must be in autocommit mode")
+
+    async def open(self) -> None:
+        if self.dsn is not None and self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs={"autocommit": True, "application_name": "hopper-worker"},
+                open=False,
+            )
+            await self._pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def call(self, function: str, arguments: str) -> sql.Composed:
+        return sql.SQL("SELECT * FROM {}.{}(" + arguments + ")").format(
+            sql.Identifier(self.schema), sql.Identifier(function)
+        )
+
+    async def rows(self, query: sql.Composed, params: Sequence[Any]) -> list[dict[str, Any]]:
+        if self._pool is not None:
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query, params)
+                return await cur.fetchall()
+        async with self._lock:
+            if isinstance(self._conn, psycopg.AsyncConnection):
+                async with self._conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(query, params)
+                    return await cur.fetchall()
+            assert isinstance(self._conn, psycopg.Connection)
+            return await asyncio.to_thread(self._sync_rows, self._conn, query, params)
+
+    @staticmethod
+    def _sync_rows(
+        conn: psycopg.Connection, query: sql.Composed, params: Sequence[Any]
+    ) -> list[dict[str, Any]]:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query, params).fetchall()
+
+    # --- hopper functions -----------------------------------------------------
+
+    async def claim(self, worker_id: str, task_names: list[str], batch_size: int) -> list[Job]:
+        query = self.call("get_jobs", "%s, %s, %s")
+        rows = await self.rows(query, [worker_id, task_names, batch_size])
+        return [Job.from_row(row) for row in rows]
+
+    async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> None:
+        query = self.call("complete_claimed_jobs", "%s, %s, %s::jsonb[]")
+        await self.rows(
+            query,
+            [worker_id, [o.job_id for o in outcomes], [o.result_json for o in outcomes]],
+        )
+
+    async def fail(self, worker_id: str, outcomes: Sequence[Failed], permanent: bool) -> None:
+        query = self.call("fail_claimed_jobs", "%s, %s, %s, %s::jsonb[], %s")
+        replacements = [
+            json.dumps(o.replacement_payload) if o.replacement_payload is not None else None
+            for o in outcomes
+        ]
+        await self.rows(
+            query,
+            [
+                worker_id,
+                [o.job_id for o in outcomes],
+                [o.message for o in outcomes],
+                replacements,
+                permanent,
+            ],
+        )
+
+    async def release(self, worker_id: str, job_ids: list[int]) -> None:
+        await self.rows(self.call("release_jobs", "%s, %s"), [worker_id, job_ids])
+
+    async def set_progress(self, worker_id: str, progress: dict[int, int]) -> None:
+        for job_id, percent in progress.items():
+            await self.rows(self.call("set_progress", "%s, %s, %s"), [worker_id, job_id, percent])

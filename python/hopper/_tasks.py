@@ -1,0 +1,211 @@
+"""Task registry, the context a handler gets, and running one handler."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import threading
+import typing
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+
+from hopper._options import parse_duration
+from hopper._records import Job
+
+logger = logging.getLogger("hopper.worker")
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    handler: Handler
+    timeout: timedelta | None = None
+    payload_model: type[pydantic.BaseModel] | None = None
+    takes_context: bool = True
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+class TaskRegistry:
+    """Maps task identifiers to handlers: ``@tasks.task("send_email")``."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+
+    def task(
+        self, name: str, *, timeout: float | timedelta | str | None = None
+    ) -> Callable[[Handler], Handler]:
+        if not name or not name.strip():
+            raise ValueError("task name must not be blank")
+
+        def register(handler: Handler) -> Handler:
+            if name in self.tasks:
+                raise ValueError(f"task {name!r} is already registered")
+            self.tasks[name] = Task(
+                name=name,
+                handler=handler,
+                timeout=parse_duration(timeout, "timeout") if timeout is not None else None,
+                payload_model=_payload_model(handler),
+                takes_context=len(inspect.signature(handler).parameters) >= 2,
+            )
+            return handler
+
+        return register
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tasks
+
+    def names(self) -> list[str]:
+        return sorted(self.tasks)
+
+
+def _payload_model(handler: Handler) -> type[pydantic.BaseModel] | None:
+    parameters = list(inspect.signature(handler).parameters)
+    if not parameters:
+        raise TypeError(f"handler {handler.__name__} must take the payload as first parameter")
+    annotation = typing.get_type_hints(handler).get(parameters[0])
+    if inspect.isclass(annotation) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    return None
+
+
+@dataclass
+class JobContext:
+    """What a handler gets besides its payload."""
+
+    job: Job
+    worker_id: str
+    logger: logging.LoggerAdapter
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _report_progress: Callable[[int], None] = lambda _: None
+
+    def set_progress(self, percent: int) -> None:
+        """Record how far the job is (0-100); sent without blocking the handler."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be between 0 and 100 (got {percent})")
+        self._report_progress(percent)
+
+
+def job_logger(job: Job) -> logging.LoggerAdapter:
+    return logging.LoggerAdapter(
+        logger,
+        {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
+    )
+
+
+# --- outcomes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Completed:
+    job_id: int
+    result_json: str  # already serialised, so a bad result fails the job, not the batch
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: int
+    message: str
+    replacement_payload: Any = None
+    permanent: bool = False
+
+
+Outcome = Completed | Failed
+
+
+class PermanentFailure(Exception):
+    """Raise from a handler to fail the job without further attempts."""
+
+
+def _validation_message(error: pydantic.ValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(part) for part in e['loc']) or 'payload'}: {e['msg']}"
+        for e in error.errors()
+    ]
+    return "payload is invalid: " + "; ".join(problems)
+
+
+async def run_handler(
+    task: Task, job: Job, context: JobContext, executor: Executor | None
+) -> Outcome:
+    """Runs one handler with its timeout and turns what happened into an outcome."""
+    try:
+        payload: Any = job.payload
+        if task.payload_model is not None:
+            payload = task.payload_model.model_validate(payload)
+    except pydantic.ValidationError as error:
+        return Failed(job.id, _validation_message(error), permanent=True)
+    arguments = (payload, context) if task.takes_context else (payload,)
+    timeout = job.timeout or task.timeout
+    try:
+        if task.is_async:
+            call = task.handler(*arguments)
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(executor, lambda: task.handler(*arguments))
+        if timeout is not None:
+            result = await asyncio.wait_for(call, timeout.total_seconds())
+        else:
+            result = await call
+    except TimeoutError:
+        context.cancelled.set()
+        return Failed(job.id, f"timeout after {interval_text(timeout)}")
+    except PermanentFailure as error:
+        return Failed(job.id, _error_text(error), permanent=True)
+    except Exception as error:
+        context.logger.warning("job failed: %s", _error_text(error))
+        return Failed(job.id, _error_text(error))
+    return _outcome_of_result(job, result)
+
+
+def interval_text(duration: timedelta) -> str:
+    """A duration as PostgreSQL prints an interval: 00:00:01.5, 1 day 02:00:00."""
+    days, rest = divmod(duration.total_seconds(), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    clock = f"{int(hours):02}:{int(minutes):02}:{int(seconds):02}"
+    if seconds % 1:
+        clock += f"{seconds % 1:.6f}".rstrip("0")[1:]
+    if days:
+        return f"{int(days)} day{'s' if days != 1 else ''} {clock}"
+    return clock
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _outcome_of_result(job: Job, result: Any) -> Outcome:
+    if (
+        isinstance(job.payload, list)
+        and isinstance(result, list)
+        and len(result) == len(job.payload)
+        and any(isinstance(r, BaseException) for r in result)
+    ):
+        return _batch_outcome(job, result)
+    if isinstance(result, pydantic.BaseModel):
+        result = result.model_dump(mode="json")
+    try:
+        return Completed(job.id, json.dumps(result))
+    except (TypeError, ValueError) as error:
+        return Failed(job.id, f"result is not JSON serialisable: {error}", permanent=True)
+
+
+def _batch_outcome(job: Job, results: list[Any]) -> Failed:
+    """A batch job whose elements partly failed is retried with the failed ones only."""
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    first = results[failed[0]]
+    message = f"{len(failed)} of {len(results)} elements failed; first: {_error_text(first)}"
+    return Failed(job.id, message, replacement_payload=[job.payload[i] for i in failed])

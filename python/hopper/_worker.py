@@ -1,0 +1,286 @@
+"""The worker: claims jobs in batches, runs handlers, reports outcomes in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+
+from hopper._db import Database
+from hopper._notifier import listen_for_jobs
+from hopper._records import Job
+from hopper._tasks import (
+    Completed,
+    Failed,
+    JobContext,
+    Outcome,
+    TaskRegistry,
+    job_logger,
+    run_handler,
+)
+
+logger = logging.getLogger("hopper.worker")
+
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def new_worker_id() -> str:
+    """Unique per process start, so a restarted worker never inherits an identity."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    context: JobContext
+
+
+class Worker:
+    """Runs the handlers of ``tasks`` for jobs of the database at ``dsn_or_conn``.
+
+    ``run()`` processes jobs until ``stop()``; ``run_once()`` processes every job
+    due now and returns how many it ran.
+    """
+
+    def __init__(
+        self,
+        dsn_or_conn: str | psycopg.Connection | psycopg.AsyncConnection,
+        tasks: TaskRegistry,
+        *,
+        concurrency: int = 8,
+        poll_interval: float = 2.0,
+        listen: bool = True,
+        grace_period: float = 10.0,
+        schema: str = "hopper",
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
+        self.tasks = tasks
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.grace_period = grace_period
+        self.worker_id = worker_id or new_worker_id()
+        self.db = Database(dsn_or_conn, schema, pool_size=3)
+        self.listen = listen and self.db.dsn is not None
+        self._running: dict[int, _Running] = {}
+        self._outcomes: list[Outcome] = []
+        self._progress: dict[int, int] = {}
+        self._wake = asyncio.Event()
+        self._reported = asyncio.Event()
+        self._stopping = False
+        self._stop_now = False
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="hopper-task")
+
+    # --- control --------------------------------------------------------------
+
+    def stop(self, immediately: bool = False) -> None:
+        """Stop claiming; let running jobs finish within the grace period (or not)."""
+        self._stop_now = self._stop_now or immediately or self._stopping
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        await self.db.open()
+        listener = (
+            asyncio.create_task(listen_for_jobs(self.db.dsn, self.db.schema, self._wake))
+            if self.listen and self.db.dsn
+            else None
+        )
+        reporter = asyncio.create_task(self._report_forever())
+        logger.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
+        try:
+            await self._claim_until_stopped()
+            await self._drain()
+        finally:
+            if listener is not None:
+                listener.cancel()
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            await self._report_all()
+            await self.db.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            logger.info("worker %s stopped", self.worker_id)
+
+    async def run_once(self) -> int:
+        """Run every job due now (for tests and cron-style use); returns the count."""
+        await self.db.open()
+        ran = 0
+        try:
+            while True:
+                jobs = await self._claim(self.concurrency)
+                if not jobs:
+                    break
+                ran += len(jobs)
+                for job in jobs:
+                    self._start(job)
+                await asyncio.gather(*(r.task for r in list(self._running.values())))
+                await self._report_all()
+        finally:
+            await self.db.close()
+            self._executor.shutdown(wait=False)
+        return ran
+
+    # --- claiming -------------------------------------------------------------
+
+    async def _claim_until_stopped(self) -> None:
+        failures = 0
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            got_all = False
+            if free > 0:
+                self._wake.clear()
+                try:
+                    jobs = await self._claim(free)
+                    failures = 0
+                except psycopg.OperationalError as error:
+                    failures += 1
+                    await self._sleep_after_failure("claim", error, failures)
+                    continue
+                for job in jobs:
+                    self._start(job)
+                got_all = len(jobs) == free
+            if got_all and len(self._running) < self.concurrency:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _claim(self, batch_size: int) -> list[Job]:
+        return await self.db.claim(self.worker_id, self.tasks.names(), batch_size)
+
+    async def _sleep_after_failure(self, what: str, error: Exception, failures: int) -> None:
+        delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1]
+        logger.warning("%s failed (%s); retrying in %.1fs", what, error, delay)
+        await asyncio.sleep(delay)
+
+    # --- running --------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        task = self.tasks.tasks[job.task_identifier]
+        loop = asyncio.get_running_loop()
+        context = JobContext(
+            job=job,
+            worker_id=self.worker_id,
+            logger=job_logger(job),
+            _report_progress=lambda percent: loop.call_soon_threadsafe(
+                self._note_progress, job.id, percent
+            ),
+        )
+        runner = asyncio.create_task(self._run_job(task, job, context))
+        self._running[job.id] = _Running(job, runner, context)
+
+    async def _run_job(self, task, job: Job, context: JobContext) -> None:
+        context.logger.debug("job started")
+        outcome = await run_handler(task, job, context, self._executor)
+        self._outcomes.append(outcome)
+        self._running.pop(job.id, None)
+        self._reported.set()
+        self._wake.set()
+
+    def _note_progress(self, job_id: int, percent: int) -> None:
+        self._progress[job_id] = percent
+        self._reported.set()
+
+    # --- reporting outcomes ------------------------------------------------------
+
+    async def _report_forever(self) -> None:
+        """Sends outcomes as they come; what piles up during one call goes in the next."""
+        while True:
+            await self._reported.wait()
+            self._reported.clear()
+            await self._report_all()
+
+    async def _report_all(self) -> None:
+        failures = 0
+        while self._outcomes or self._progress:
+            outcomes, self._outcomes = self._outcomes, []
+            progress, self._progress = self._progress, {}
+            try:
+                await self._send(outcomes, progress)
+                failures = 0
+            except psycopg.OperationalError as error:
+                # completion is fenced and idempotent, so sending again is safe
+                self._outcomes = outcomes + self._outcomes
+                failures += 1
+                if failures > 30:
+                    logger.error("giving up reporting %s outcomes: %s", len(outcomes), error)
+                    return
+                await self._sleep_after_failure("reporting outcomes", error, failures)
+
+    async def _send(self, outcomes: list[Outcome], progress: dict[int, int]) -> None:
+        completed = [o for o in outcomes if isinstance(o, Completed)]
+        failed = [o for o in outcomes if isinstance(o, Failed) and not o.permanent]
+        doomed = [o for o in outcomes if isinstance(o, Failed) and o.permanent]
+        if progress:
+            await self.db.set_progress(self.worker_id, progress)
+        if completed:
+            await self.db.complete(self.worker_id, completed)
+        if failed:
+            await self.db.fail(self.worker_id, failed, permanent=False)
+        if doomed:
+            await self.db.fail(self.worker_id, doomed, permanent=True)
+
+    # --- shutting down -------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Give running jobs the grace period, then cancel and release what is left."""
+        if self._running and not self._stop_now:
+            logger.info(
+                "waiting up to %ss for %s running jobs", self.grace_period, len(self._running)
+            )
+            deadline = asyncio.get_running_loop().time() + self.grace_period
+            while self._running and not self._stop_now:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+        left = list(self._running.values())
+        for running in left:
+            running.context.cancelled.set()
+            running.task.cancel()
+        self._running.clear()
+        if left:
+            await asyncio.gather(*(r.task for r in left), return_exceptions=True)
+            await self._report_all()
+            ids = [r.job.id for r in left]
+            logger.info("releasing %s unfinished jobs: %s", len(ids), ids)
+            await self._release(ids)
+
+    async def _release(self, ids: list[int]) -> None:
+        for attempt in range(1, 6):
+            try:
+                await self.db.release(self.worker_id, ids)
+                return
+            except psycopg.OperationalError as error:
+                await self._sleep_after_failure("release", error, attempt)
+
+
+def run_worker(dsn: str, tasks: TaskRegistry, *, concurrency: int = 8, **options: object) -> None:
+    """Run a worker until SIGINT/SIGTERM (graceful), a second signal stops at once."""
+    worker = Worker(dsn, tasks, concurrency=concurrency, **options)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
+
+
+def run_once(dsn_or_conn: str | psycopg.Connection, tasks: TaskRegistry, **options: object) -> int:
+    """Run every job due now and return how many ran (the testing helper)."""
+    worker = Worker(dsn_or_conn, tasks, listen=False, **options)  # type: ignore[arg-type]
+    return asyncio.run(worker.run_once())

@@ -1,0 +1,107 @@
+"""End-to-end through run_once: handlers, results, errors, validation, batches, timeouts."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import worker_tasks
+from psycopg.types.json import Jsonb
+from sqlcalls import add_job, call, job
+
+import hopper
+
+
+def test_sync_and_async_handlers_store_results(dsn, conn):
+    echo = add_job(conn, "echo", {"hello": "world"})["id"]
+    total = add_job(conn, "add", {"a": 2, "b": 3})["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 2
+    assert job(conn, echo)["state"] == "completed"
+    assert job(conn, echo)["result"] == {"echo": {"hello": "world"}, "attempt": 1}
+    assert (job(conn, total)["state"], job(conn, total)["result"]) == ("completed", 5)
+
+
+def test_exception_fails_the_job_with_its_message_and_retries_later(dsn, conn):
+    target = add_job(conn, "explode", {"why": "disk full"})["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 1
+    failed = job(conn, target)
+    assert failed["state"] == "scheduled"
+    assert failed["last_error"] == "ValueError: disk full"
+    assert failed["attempts"] == 1
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 0  # backoff not over yet
+
+
+def test_pydantic_validation_failure_is_permanent_and_names_the_field(dsn, conn):
+    bad = add_job(conn, "send_email", {"to": "a@b.c"})["id"]
+    good = add_job(conn, "send_email", {"to": "a@b.c", "subject": "hi"})["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    failed = job(conn, bad)
+    assert failed["state"] == "failed"  # max_attempts 25, yet no retry
+    assert failed["last_error"] == "payload is invalid: subject: Field required"
+    assert job(conn, good)["result"] == {"sent_to": "a@b.c"}
+
+
+def test_batch_job_retries_only_failed_elements(dsn, conn):
+    payload = [{"n": 1}, {"n": 2, "fail": True}, {"n": 3}]
+    target = add_job(conn, "batch", Jsonb(payload))["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    failed = job(conn, target)
+    assert failed["state"] == "scheduled"
+    assert failed["payload"] == [{"n": 2, "fail": True}]
+    assert (
+        failed["last_error"]
+        == "1 of 3 elements failed; first: RuntimeError: bad {'n': 2, 'fail': True}"
+    )
+
+
+def test_batch_job_with_every_element_ok_completes_with_their_results(dsn, conn):
+    target = add_job(conn, "batch", Jsonb([{"n": 1}, {"n": 5}]))["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    assert (job(conn, target)["state"], job(conn, target)["result"]) == ("completed", [2, 10])
+
+
+def test_timeouts_fail_async_and_sync_handlers(dsn, conn):
+    hung = add_job(conn, "hang")["id"]
+    hung_sync = add_job(conn, "hang_sync")["id"]
+    per_job = add_job(conn, "hang", timeout="0.1 seconds")["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    assert job(conn, hung)["last_error"] == "timeout after 00:00:00.3"
+    assert job(conn, hung_sync)["last_error"] == "timeout after 00:00:00.3"
+    assert job(conn, per_job)["last_error"] == "timeout after 00:00:00.1"
+    assert {job(conn, j)["state"] for j in (hung, hung_sync, per_job)} == {"scheduled"}
+
+
+def test_progress_is_recorded(dsn, conn):
+    target = add_job(conn, "progress")["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    assert (job(conn, target)["state"], job(conn, target)["progress"]) == ("completed", 50)
+
+
+def test_run_once_on_a_given_autocommit_connection(dsn, conn):
+    target = add_job(conn, "add", {"a": 1, "b": 1})["id"]
+    with psycopg.connect(dsn, autocommit=True) as own:
+        assert hopper.run_once(own, worker_tasks.tasks) == 1
+    assert job(conn, target)["result"] == 2
+    with psycopg.connect(dsn) as not_autocommit, pytest.raises(ValueError, match="autocommit"):
+        hopper.run_once(not_autocommit, worker_tasks.tasks)
+
+
+def test_async_run_once_twin(dsn, conn):
+    import asyncio
+
+    from hopper import aio
+
+    target = add_job(conn, "echo", {})["id"]
+
+    async def go() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            return await aio.run_once(aconn, worker_tasks.tasks)
+
+    assert asyncio.run(go()) == 1
+    assert job(conn, target)["state"] == "completed"
+
+
+def test_only_registered_tasks_are_claimed(dsn, conn):
+    unknown = add_job(conn, "nobody_handles_this")["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 0
+    assert job(conn, unknown)["state"] == "pending"
+    assert call(conn, "queue_stats")[0]["pending"] == 1

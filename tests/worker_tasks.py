@@ -1,0 +1,105 @@
+"""Task handlers used by the worker tests, in-process and in worker subprocesses
+(``hopper worker --tasks worker_tasks:tasks`` with tests/ on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel
+
+import hopper
+
+tasks = hopper.TaskRegistry()
+_pool: AsyncConnectionPool | None = None
+
+
+async def record_execution(job: hopper.JobContext, note: str = "") -> None:
+    """Writes one row per execution into the executions side table."""
+    global _pool
+    if _pool is None:
+        _pool = AsyncConnectionPool(
+            os.environ["HOPPER_TEST_DSN"], min_size=1, max_size=4, open=False,
+            kwargs={"autocommit": True},
+        )  # fmt: skip
+        await _pool.open()
+    async with _pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO executions (job_id, worker_id, note) VALUES (%s, %s, %s)",
+            [job.job.id, job.worker_id, note],
+        )
+
+
+class EmailPayload(BaseModel):
+    to: str
+    subject: str
+
+
+@tasks.task("echo")
+async def echo(payload: dict, job: hopper.JobContext) -> dict:
+    return {"echo": payload, "attempt": job.job.attempts}
+
+
+@tasks.task("add")
+def add(payload: dict) -> int:
+    return payload["a"] + payload["b"]
+
+
+@tasks.task("explode")
+def explode(payload: dict) -> None:
+    raise ValueError(payload.get("why", "boom"))
+
+
+@tasks.task("send_email")
+async def send_email(payload: EmailPayload, job: hopper.JobContext) -> dict:
+    return {"sent_to": payload.to}
+
+
+@tasks.task("batch")
+def batch(payload: list, job: hopper.JobContext) -> list:
+    return [RuntimeError(f"bad {item}") if item.get("fail") else item["n"] * 2 for item in payload]
+
+
+@tasks.task("progress")
+def progress(payload: dict, job: hopper.JobContext) -> str:
+    job.set_progress(50)
+    return "done"
+
+
+@tasks.task("hang", timeout="0.3s")
+async def hang(payload: dict, job: hopper.JobContext) -> None:
+    await asyncio.sleep(30)
+
+
+@tasks.task("hang_sync", timeout="0.3s")
+def hang_sync(payload: dict, job: hopper.JobContext) -> None:
+    time.sleep(2)
+
+
+@tasks.task("record")
+async def record(payload: dict, job: hopper.JobContext) -> None:
+    await record_execution(job)
+
+
+@tasks.task("slow")
+async def slow(payload: dict, job: hopper.JobContext) -> str:
+    await record_execution(job, "start")
+    await asyncio.sleep(payload.get("seconds", 30))
+    return "finished"
+
+
+def executions(dsn: str) -> list[tuple[int, str, str]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT job_id, worker_id, note FROM executions ORDER BY id").fetchall()
+
+
+def create_executions_table(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE executions (id bigserial PRIMARY KEY, job_id bigint NOT NULL,"
+            " worker_id text NOT NULL, note text NOT NULL,"
+            " at timestamptz DEFAULT clock_timestamp())"
+        )
