@@ -1,0 +1,118 @@
+"""Real worker processes: exactly-once over 5,000 jobs, graceful and immediate shutdown,
+LISTEN connection killed, database restart."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import pytest
+import worker_tasks
+from psycopg.types.json import Jsonb
+from workerprocs import WorkerProcess, scalar, wait_until
+
+
+@pytest.fixture
+def workers(dsn, tmp_path):
+    worker_tasks.create_executions_table(dsn)
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        process = WorkerProcess(dsn, tmp_path, f"worker{len(started)}", *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def completed_count(dsn: str) -> int:
+    return scalar(dsn, "SELECT count(*) FROM hopper.jobs WHERE state = 'completed'")
+
+
+def test_four_processes_complete_5000_jobs_exactly_once(dsn, workers):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(5):
+            conn.execute(
+                "SELECT count(*) FROM hopper.add_jobs(%s)",
+                [Jsonb([{"identifier": "record"}] * 1000)],
+            )
+    processes = [workers("-c", "4") for _ in range(4)]
+    took = wait_until(lambda: completed_count(dsn) == 5000, timeout=120, what="5000 completions")
+    for process in processes:
+        process.signal()
+    assert [process.wait() for process in processes] == [0, 0, 0, 0]
+    executions = worker_tasks.executions(dsn)
+    assert len(executions) == 5000
+    assert len({job_id for job_id, _, _ in executions}) == 5000
+    assert len({worker for _, worker, _ in executions}) == 4  # all four took part
+    assert scalar(dsn, "SELECT count(*) FROM hopper.jobs WHERE attempts <> 1") == 0
+    print(f"\n5000 jobs by 4 processes x 4 slots in {took:.2f}s")
+
+
+def test_sigterm_waits_grace_period_then_releases_without_losing_an_attempt(dsn, workers):
+    first = workers("--grace-period", "1")
+    job_id = scalar(dsn, "SELECT id FROM hopper.add_job('slow', '{\"seconds\": 60}')")
+    wait_until(lambda: len(worker_tasks.executions(dsn)) == 1, timeout=10, what="slow job start")
+    sent = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    assert time.monotonic() - sent < 1 + 1
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        state, attempts, locked_by = conn.execute(
+            "SELECT state, attempts, locked_by FROM hopper.jobs WHERE id = %s", [job_id]
+        ).fetchone()
+    assert (state, attempts, locked_by) == ("pending", 0, None)
+
+    # another worker runs it at once, as its first attempt; a second signal stops
+    # that one without waiting for the grace period, and still releases the job
+    second = workers("--grace-period", "30")
+    wait_until(lambda: len(worker_tasks.executions(dsn)) == 2, timeout=10, what="rerun")
+    runs = worker_tasks.executions(dsn)
+    assert runs[0][1] != runs[1][1]
+    assert scalar(dsn, "SELECT attempts FROM hopper.jobs WHERE id = %s", [job_id]) == 1
+    sent = time.monotonic()
+    second.signal(signal.SIGTERM)
+    time.sleep(0.2)
+    second.signal(signal.SIGTERM)
+    assert second.wait(timeout=10) == 0
+    assert time.monotonic() - sent < 3
+    assert scalar(dsn, "SELECT state FROM hopper.jobs WHERE id = %s", [job_id]) == "pending"
+
+
+def listener_pid(dsn: str) -> int | None:
+    return scalar(
+        dsn,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'hopper-listener'"
+        " AND datname = current_database()",
+    )
+
+
+def test_killed_listen_connection_comes_back_and_jobs_still_run(dsn, workers):
+    workers("--poll-interval", "1")
+    wait_until(lambda: listener_pid(dsn), timeout=10, what="listener")
+    old = listener_pid(dsn)
+    assert scalar(dsn, "SELECT pg_terminate_backend(%s)", [old]) is True
+    job_id = scalar(dsn, "SELECT id FROM hopper.add_job('echo')")
+    took = wait_until(
+        lambda: scalar(dsn, "SELECT state FROM hopper.jobs WHERE id = %s", [job_id]) == "completed",
+        timeout=5,
+        what="job after listener was killed",
+    )
+    assert took < 1 + 0.5  # within the poll interval
+    wait_until(lambda: listener_pid(dsn) not in (None, old), timeout=10, what="new listener")
+
+
+def test_worker_survives_a_database_restart(dsn, workers, pg_server):
+    process = workers("--poll-interval", "0.5")
+    first = scalar(dsn, "SELECT id FROM hopper.add_job('echo')")
+    wait_until(lambda: completed_count(dsn) == 1, timeout=10, what="first job")
+    pg_server.restart()
+    second = scalar(dsn, "SELECT id FROM hopper.add_job('echo')")
+    wait_until(lambda: completed_count(dsn) == 2, timeout=30, what="job after restart")
+    assert process.process.poll() is None
+    with psycopg.connect(dsn) as conn:
+        ids = {row for (row,) in conn.execute("SELECT id FROM hopper.jobs").fetchall()}
+    assert ids == {first, second}

@@ -1,0 +1,63 @@
+"""Start `hopper worker` subprocesses for tests and wait on database conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+TESTS_DIR = Path(__file__).parent
+
+
+class WorkerProcess:
+    def __init__(self, dsn: str, log_dir: Path, name: str, *args: str) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(TESTS_DIR),
+            "HOPPER_TEST_DSN": dsn,
+            "HOPPER_LOG_LEVEL": "INFO",
+        }
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "hopper", "--database-url", dsn, "worker",
+                 "--tasks", "worker_tasks:tasks", *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_until(lambda: "started" in self.log(), timeout=20, what=f"{name} to start")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> float:
+    """Polls condition every 20 ms; returns the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def scalar(dsn: str, query: str, params: list | None = None):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query, params or []).fetchone()
+    return row[0] if row else None
