@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint migrate clean
+.PHONY: install test lint migrate demo clean
 
 install: $(INSTALLED)
 
@@ -25,6 +25,9 @@ lint: $(INSTALLED)
 migrate: $(INSTALLED)
 	@test -n "$(DATABASE_URL)" || (echo "make migrate needs DATABASE_URL=postgresql://..." >&2; exit 2)
 	$(VENV)/bin/hopper --database-url "$(DATABASE_URL)" migrate
+
+demo: $(INSTALLED)
+	$(PYTHON) -m hopper.demo
 
 clean:
 	rm -rf $(VENV)

@@ -97,8 +97,19 @@ class JobContext:
         self._report_progress(percent)
 
 
+class JobLogger(logging.LoggerAdapter):
+    """Prefixes every message with the job id, task and attempt, and passes them
+    as ``extra`` fields (job_id, task, attempt) for structured handlers."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        prefix = f"job {extra['job_id']} ({extra['task']}, attempt {extra['attempt']})"
+        return f"{prefix}: {msg}", kwargs
+
+
 def job_logger(job: Job) -> logging.LoggerAdapter:
-    return logging.LoggerAdapter(
+    return JobLogger(
         logger,
         {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
     )

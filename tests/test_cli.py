@@ -1,0 +1,86 @@
+"""The hopper CLI: add-job, status, worker --once, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+from workerprocs import TESTS_DIR
+
+
+def hopper(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    env.pop("DATABASE_URL", None)
+    if dsn:
+        env["DATABASE_URL"] = dsn
+    return subprocess.run(
+        [sys.executable, "-m", "hopper", *args], capture_output=True, text=True, env=env,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_add_job_with_options_then_status(dsn):
+    added = hopper(
+        "add-job", "echo", '{"to": "a@b.c"}', "--queue", "mail", "--priority", "-3",
+        "--max-attempts", "4", "--job-key", "k1", "--flag", "slow", "--tag", "t1", "--tag", "t2",
+        "--delay", "1h", dsn=dsn,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    reply = json.loads(added.stdout)
+    assert reply["outcome"] == "inserted" and reply["state"] == "scheduled"
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT payload, queue_name, priority, max_attempts, key, flags, tags"
+            " FROM hopper.jobs WHERE id = %s",
+            [reply["id"]],
+        ).fetchone()
+    assert row == ({"to": "a@b.c"}, "mail", -3, 4, "k1", ["slow"], ["t1", "t2"])
+    one = hopper("status", str(reply["id"]), dsn=dsn)
+    assert one.returncode == 0 and json.loads(one.stdout)["key"] == "k1"
+    counts = hopper("status", dsn=dsn)
+    assert counts.returncode == 0
+    assert counts.stdout.split("\n")[1].split() == [
+        "echo",
+        "mail",
+        "0",
+        "1",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+    ]
+
+
+def test_worker_once_runs_due_jobs(dsn):
+    hopper("add-job", "add", '{"a": 20, "b": 22}', dsn=dsn)
+    ran = hopper("worker", "--tasks", "worker_tasks:tasks", "--once", dsn=dsn)
+    assert ran.returncode == 0, ran.stderr
+    assert "ran 1 jobs" in ran.stdout
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT result FROM hopper.jobs").fetchone() == (42,)
+
+
+def test_clear_errors(dsn, empty_dsn):
+    cases = [
+        (("add-job", "t", "not json"), dsn, "PAYLOAD is not JSON"),
+        (("add-job", "t", "--delay", "soon"), dsn, "delay must be"),
+        (("add-job", "t", "--job-key-mode", "x"), dsn, "add_job: job_key_mode must be one of"),
+        (("status", "999"), dsn, "no job 999"),
+        (("add-job", "t"), empty_dsn, "hopper is not installed in schema hopper"),
+        (("worker", "--tasks", "worker_tasks:tasks"), empty_dsn, "not installed"),
+        (("worker", "--tasks", "nowhere:tasks"), dsn, "cannot load tasks"),
+        (("worker", "--tasks", "worker_tasks"), dsn, "module:registry"),
+        (("status",), "postgresql://nobody@127.0.0.1:1/none", "cannot connect"),
+        (("status",), "not a url at all", "hopper:"),
+    ]
+    for args, url, message in cases:
+        result = hopper(*args, dsn=url)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+    missing = hopper("status")
+    assert missing.returncode == 2 and "DATABASE_URL" in missing.stderr
