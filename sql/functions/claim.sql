@@ -149,6 +149,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('get_jobs', worker_id);
+    PERFORM hopper._check_not_retired('get_jobs', worker_id);
     PERFORM hopper._check_required('get_jobs', 'batch_size', batch_size IS NULL);
     PERFORM hopper._check_required('get_jobs', 'job_expiry', job_expiry IS NULL);
     PERFORM hopper._check_required('get_jobs', 'now', get_jobs.now IS NULL);

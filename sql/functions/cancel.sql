@@ -1,0 +1,77 @@
+-- Cancelling and retrying jobs (SPEC.md 4.5).
+
+-- Cancels active jobs: at once when nobody holds them; a running job is asked
+-- to cancel (cancel_requested, a notification on hopper_cancel and the reply
+-- of its worker's heartbeat) and ends cancelled when its worker gives it up.
+-- reason is stored as last_error. Returns the jobs it changed.
+CREATE OR REPLACE FUNCTION hopper.cancel_jobs(job_ids bigint[], reason text DEFAULT NULL)
+RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    changed hopper._jobs[];
+BEGIN
+    PERFORM hopper._check_required('cancel_jobs', 'job_ids', job_ids IS NULL);
+    WITH target AS (
+        UPDATE hopper._jobs AS j SET
+            state = CASE WHEN j.state = 'running' THEN 'running' ELSE 'cancelled' END,
+            cancel_requested = j.state = 'running',
+            finished_at = CASE WHEN j.state = 'running' THEN NULL ELSE now() END,
+            last_error = coalesce(reason, 'cancelled'),
+            updated_at = now()
+        WHERE
+            j.id = any(job_ids)
+            AND j.state IN ('waiting', 'scheduled', 'pending', 'running')
+            AND NOT j.cancel_requested
+        RETURNING j.*
+    )
+
+    SELECT array_agg(t) INTO changed FROM target AS t;
+    PERFORM pg_notify('hopper_cancel', c.id::text)
+    FROM unnest(changed) AS c
+    WHERE c.state = 'running';
+    RETURN QUERY
+    SELECT p.* FROM unnest(changed) AS c
+    CROSS JOIN LATERAL hopper._present(c) AS p
+    ORDER BY p.id;
+END
+$$;
+
+-- Makes failed or cancelled jobs runnable now with attempts reset. A job whose
+-- key another active job holds now is skipped.
+CREATE OR REPLACE FUNCTION hopper.retry_jobs(job_ids bigint[])
+RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_required('retry_jobs', 'job_ids', job_ids IS NULL);
+    RETURN QUERY
+    WITH retried AS (
+        UPDATE hopper._jobs AS j SET
+            state = 'pending',
+            run_at = now(),
+            attempts = 0,
+            finished_at = NULL,
+            cancel_requested = false,
+            revision = j.revision + 1,
+            updated_at = now()
+        WHERE
+            j.id = any(job_ids) AND j.state IN ('failed', 'cancelled')
+            AND NOT EXISTS (
+                SELECT FROM hopper._jobs AS holder
+                WHERE holder.key = j.key AND holder.id <> j.id
+                    AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+            )
+        RETURNING j.*
+    )
+
+    SELECT p.* FROM retried AS r
+    CROSS JOIN LATERAL hopper._present(r) AS p
+    ORDER BY p.id;
+    IF FOUND THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+END
+$$;

@@ -1,0 +1,30 @@
+-- Operations: the jobs table churns (every job is inserted, updated two or
+-- three times and deleted), so autovacuum should visit it long before the
+-- default 20% of dead rows; queue and worker rows are updated on every claim
+-- or heartbeat, so their pages keep room for HOT updates.
+
+ALTER TABLE hopper._jobs SET (
+    fillfactor = 90,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_insert_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+ALTER TABLE hopper._queues SET (
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 500,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+ALTER TABLE hopper._workers SET (
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 500,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- rescue and unregister_worker find a worker's jobs without a scan
+CREATE INDEX jobs_running_locked_by ON hopper._jobs (locked_by)
+WHERE state = 'running';
