@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from hopper._records import Job
-from hopper._tasks import Completed, Failed
+from hopper._tasks import Completed, Failed, JobContext, JobLost
 
 
 class Database:
@@ -47,6 +47,11 @@ class Database:
                 open=False,
             )
             await self._pool.open(wait=True, timeout=30)
+
+    def job_transaction(self, context: JobContext, result: Any) -> JobTransaction:
+        if self.dsn is None:
+            raise RuntimeError("job.transaction() needs a worker started with a DSN")
+        return JobTransaction(self, context, result)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -109,9 +114,86 @@ class Database:
             ],
         )
 
-    async def release(self, worker_id: str, job_ids: list[int]) -> None:
-        await self.rows(self.call("release_jobs", "%s, %s"), [worker_id, job_ids])
+    async def register(self, worker_id: str, metadata: dict[str, Any]) -> None:
+        await self.rows(
+            self.call("register_worker", "%s, %s::jsonb"), [worker_id, json.dumps(metadata)]
+        )
+
+    async def heartbeat(self, worker_id: str) -> list[int]:
+        rows = await self.rows(self.call("heartbeat", "%s"), [worker_id])
+        return list(rows[0]["heartbeat"] or [])
+
+    async def rescue(self, stale_after: float) -> list[Job]:
+        query = self.call("rescue_stale_jobs", "make_interval(secs => %s)")
+        return [Job.from_row(row) for row in await self.rows(query, [stale_after])]
+
+    async def unregister(self, worker_id: str) -> None:
+        await self.rows(self.call("unregister_worker", "%s"), [worker_id])
 
     async def set_progress(self, worker_id: str, progress: dict[int, int]) -> None:
         for job_id, percent in progress.items():
             await self.rows(self.call("set_progress", "%s, %s, %s"), [worker_id, job_id, percent])
+
+
+class JobTransaction:
+    """Usable as ``async with`` (a pooled connection) or ``with`` (a new connection)."""
+
+    def __init__(self, db: Database, context: JobContext, result: Any) -> None:
+        self.db = db
+        self.context = context
+        self.result = json.dumps(result)
+        self._async: Any = None
+        self._sync: Any = None
+
+    def _completion(self) -> tuple[sql.Composed, list[Any]]:
+        query = self.db.call("complete_job", "%s, %s, %s::jsonb")
+        return query, [self.context.worker_id, self.context.job.id, self.result]
+
+    def _check(self, row: Any) -> None:
+        if row is None or row[0] is None:
+            raise JobLost(f"job {self.context.job.id} is no longer held by this worker")
+        self.context.completed_in_transaction = True
+
+    async def __aenter__(self) -> psycopg.AsyncConnection:
+        assert self.db._pool is not None
+        self._async = self.db._pool.connection()
+        conn = await self._async.__aenter__()
+        await conn.execute("BEGIN")
+        self._conn = conn
+        return conn
+
+    async def __aexit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        conn = self._conn
+        try:
+            if kind is None:
+                query, params = self._completion()
+                self._check(await (await conn.execute(query, params)).fetchone())
+                await conn.execute("COMMIT")
+            else:
+                await conn.execute("ROLLBACK")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        finally:
+            await self._async.__aexit__(None, None, None)
+
+    def __enter__(self) -> psycopg.Connection:
+        assert self.db.dsn is not None
+        self._sync = psycopg.connect(self.db.dsn)
+        return self._sync
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        conn = self._sync
+        try:
+            if kind is None:
+                query, params = self._completion()
+                try:
+                    self._check(conn.execute(query, params).fetchone())
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            else:
+                conn.rollback()
+        finally:
+            conn.close()

@@ -1,9 +1,10 @@
-"""LISTEN on the schema's jobs channel and wake the worker; reconnects on its own."""
+"""LISTEN for new jobs and cancellation requests; reconnects on its own."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
@@ -11,10 +12,13 @@ from psycopg import sql
 logger = logging.getLogger("hopper.worker")
 
 
-async def listen_for_jobs(dsn: str, schema: str, wake: asyncio.Event) -> None:
-    """Sets ``wake`` on every notification until cancelled. A lost connection is
-    reopened with backoff; the worker's poll covers the gap."""
-    channel = sql.Identifier(f"{schema}_jobs")
+async def listen(
+    dsn: str, schema: str, wake: asyncio.Event, on_cancel: Callable[[int], None]
+) -> None:
+    """Sets ``wake`` on every new-jobs notification and calls ``on_cancel`` with the
+    job id of every cancellation request, until cancelled. A lost connection is
+    reopened with backoff; the worker's poll and heartbeat cover the gap."""
+    jobs_channel, cancel_channel = f"{schema}_jobs", f"{schema}_cancel"
     delay = 0.1
     while True:
         try:
@@ -22,11 +26,15 @@ async def listen_for_jobs(dsn: str, schema: str, wake: asyncio.Event) -> None:
                 dsn, autocommit=True, application_name="hopper-listener"
             )
             async with conn:
-                await conn.execute(sql.SQL("LISTEN {}").format(channel))
+                for channel in (jobs_channel, cancel_channel):
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 delay = 0.1
                 wake.set()  # jobs may have arrived while we were not listening
-                async for _ in conn.notifies():
-                    wake.set()
+                async for notification in conn.notifies():
+                    if notification.channel == cancel_channel:
+                        on_cancel(int(notification.payload))
+                    else:
+                        wake.set()
         except psycopg.OperationalError as error:
             logger.warning("listener lost its connection (%s); reconnecting in %.1fs", error, delay)
         await asyncio.sleep(delay)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import threading
 import typing
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -88,13 +88,30 @@ class JobContext:
     worker_id: str
     logger: logging.LoggerAdapter
     cancelled: threading.Event = field(default_factory=threading.Event)
+    completed_in_transaction: bool = False
     _report_progress: Callable[[int], None] = lambda _: None
+    _transactions: Callable[[JobContext, Any], Any] | None = None
 
     def set_progress(self, percent: int) -> None:
         """Record how far the job is (0-100); sent without blocking the handler."""
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be between 0 and 100 (got {percent})")
         self._report_progress(percent)
+
+    def transaction(self, result: Any = None) -> Any:
+        """A connection in a transaction that also completes this job (with ``result``)
+        when it commits: ``async with job.transaction() as conn`` in an async handler,
+        ``with job.transaction() as conn`` in a sync one. The handler's writes and the
+        completion commit together, or not at all (raises JobLost when another worker
+        took the job meanwhile)."""
+        if self._transactions is None:
+            raise RuntimeError("job.transaction() needs a worker started with a DSN")
+        return self._transactions(self, result)
+
+
+class JobLost(Exception):
+    """The job is no longer held by this worker (rescued, cancelled or unlocked),
+    so the transaction that would have completed it was rolled back."""
 
 
 class JobLogger(logging.LoggerAdapter):
@@ -132,7 +149,14 @@ class Failed:
     permanent: bool = False
 
 
-Outcome = Completed | Failed
+@dataclass(frozen=True)
+class Settled:
+    """The handler completed the job itself, in its own transaction."""
+
+    job_id: int
+
+
+Outcome = Completed | Failed | Settled
 
 
 class PermanentFailure(Exception):
@@ -147,9 +171,34 @@ def _validation_message(error: pydantic.ValidationError) -> str:
     return "payload is invalid: " + "; ".join(problems)
 
 
-async def run_handler(
-    task: Task, job: Job, context: JobContext, executor: Executor | None
-) -> Outcome:
+def run_in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Runs a sync handler in its own daemon thread. A thread cannot be killed: one
+    that outlives its timeout or a shutdown runs on unobserved, and being a daemon
+    it never holds the process at exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = call(), None
+        except BaseException as raised:
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, daemon=True, name="hopper-task").start()
+    return future
+
+
+async def run_handler(task: Task, job: Job, context: JobContext) -> Outcome:
     """Runs one handler with its timeout and turns what happened into an outcome."""
     try:
         payload: Any = job.payload
@@ -163,8 +212,7 @@ async def run_handler(
         if task.is_async:
             call = task.handler(*arguments)
         else:
-            loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(executor, lambda: task.handler(*arguments))
+            call = run_in_daemon_thread(lambda: task.handler(*arguments))
         if timeout is not None:
             result = await asyncio.wait_for(call, timeout.total_seconds())
         else:
@@ -177,6 +225,8 @@ async def run_handler(
     except Exception as error:
         context.logger.warning("job failed: %s", _error_text(error))
         return Failed(job.id, _error_text(error))
+    if context.completed_in_transaction:
+        return Settled(job.id)
     return _outcome_of_result(job, result)
 
 

@@ -1,4 +1,5 @@
-"""The worker: claims jobs in batches, runs handlers, reports outcomes in batches."""
+"""The worker: claims jobs in batches, runs handlers, reports outcomes in batches,
+heartbeats, rescues jobs of dead workers and honours cancellation."""
 
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ import os
 import signal
 import socket
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
 
 from hopper._db import Database
-from hopper._notifier import listen_for_jobs
+from hopper._notifier import listen
 from hopper._records import Job
 from hopper._tasks import (
     Completed,
     Failed,
     JobContext,
     Outcome,
+    Settled,
+    Task,
     TaskRegistry,
     job_logger,
     run_handler,
@@ -30,6 +32,7 @@ from hopper._tasks import (
 logger = logging.getLogger("hopper.worker")
 
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+CANCELLED_BY_REQUEST = "cancelled by request"
 
 
 def new_worker_id() -> str:
@@ -42,6 +45,7 @@ class _Running:
     job: Job
     task: asyncio.Task[None]
     context: JobContext
+    cancel_requested: bool = False
 
 
 class Worker:
@@ -60,15 +64,21 @@ class Worker:
         poll_interval: float = 2.0,
         listen: bool = True,
         grace_period: float = 10.0,
+        heartbeat_interval: float = 5.0,
+        stale_after: float = 30.0,
         schema: str = "hopper",
         worker_id: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
+        if stale_after <= heartbeat_interval:
+            raise ValueError("stale_after must be longer than heartbeat_interval")
         self.tasks = tasks
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.grace_period = grace_period
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
         self.worker_id = worker_id or new_worker_id()
         self.db = Database(dsn_or_conn, schema, pool_size=3)
         self.listen = listen and self.db.dsn is not None
@@ -79,7 +89,6 @@ class Worker:
         self._reported = asyncio.Event()
         self._stopping = False
         self._stop_now = False
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="hopper-task")
 
     # --- control --------------------------------------------------------------
 
@@ -91,25 +100,28 @@ class Worker:
 
     async def run(self) -> None:
         await self.db.open()
-        listener = (
-            asyncio.create_task(listen_for_jobs(self.db.dsn, self.db.schema, self._wake))
-            if self.listen and self.db.dsn
-            else None
-        )
-        reporter = asyncio.create_task(self._report_forever())
+        await self._register()
+        helpers = [
+            asyncio.create_task(self._report_forever()),
+            asyncio.create_task(self._heartbeat_forever()),
+        ]
+        if self.listen and self.db.dsn:
+            helpers.append(
+                asyncio.create_task(
+                    listen(self.db.dsn, self.db.schema, self._wake, self._cancel_requested)
+                )
+            )
         logger.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
         try:
             await self._claim_until_stopped()
             await self._drain()
         finally:
-            if listener is not None:
-                listener.cancel()
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await self._report_all()
+            await self._unregister()
             await self.db.close()
-            self._executor.shutdown(wait=False, cancel_futures=True)
             logger.info("worker %s stopped", self.worker_id)
 
     async def run_once(self) -> int:
@@ -128,7 +140,6 @@ class Worker:
                 await self._report_all()
         finally:
             await self.db.close()
-            self._executor.shutdown(wait=False)
         return ran
 
     # --- claiming -------------------------------------------------------------
@@ -143,6 +154,9 @@ class Worker:
                 try:
                     jobs = await self._claim(free)
                     failures = 0
+                except psycopg.errors.ObjectNotInPrerequisiteState:
+                    await self._identity_lost()
+                    continue
                 except psycopg.OperationalError as error:
                     failures += 1
                     await self._sleep_after_failure("claim", error, failures)
@@ -175,21 +189,88 @@ class Worker:
             _report_progress=lambda percent: loop.call_soon_threadsafe(
                 self._note_progress, job.id, percent
             ),
+            _transactions=self.db.job_transaction if self.db.dsn else None,
         )
         runner = asyncio.create_task(self._run_job(task, job, context))
         self._running[job.id] = _Running(job, runner, context)
 
-    async def _run_job(self, task, job: Job, context: JobContext) -> None:
+    async def _run_job(self, task: Task, job: Job, context: JobContext) -> None:
         context.logger.debug("job started")
-        outcome = await run_handler(task, job, context, self._executor)
-        self._outcomes.append(outcome)
-        self._running.pop(job.id, None)
-        self._reported.set()
+        try:
+            outcome = await run_handler(task, job, context)
+        except asyncio.CancelledError:
+            running = self._running.get(job.id)
+            if running is None or not running.cancel_requested:
+                raise  # shutdown or lost identity: the job is released or rescued
+            outcome = Failed(job.id, CANCELLED_BY_REQUEST)
+        if self._running.pop(job.id, None) is not None:
+            self._outcomes.append(outcome)
+            self._reported.set()
         self._wake.set()
 
     def _note_progress(self, job_id: int, percent: int) -> None:
         self._progress[job_id] = percent
         self._reported.set()
+
+    def _cancel_requested(self, job_id: int) -> None:
+        running = self._running.get(job_id)
+        if running is not None and not running.cancel_requested:
+            running.context.logger.info("cancelling on request")
+            running.cancel_requested = True
+            running.context.cancelled.set()
+            running.task.cancel()
+
+    # --- liveness: registration, heartbeats, rescue ------------------------------
+
+    async def _register(self) -> None:
+        metadata = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "concurrency": self.concurrency,
+            "tasks": self.tasks.names(),
+        }
+        for failures in range(1, 100):
+            try:
+                await self.db.register(self.worker_id, metadata)
+                return
+            except psycopg.OperationalError as error:
+                await self._sleep_after_failure("register", error, failures)
+
+    async def _heartbeat_forever(self) -> None:
+        """Heartbeat, pick up cancellation requests, and rescue dead workers' jobs."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                for job_id in await self.db.heartbeat(self.worker_id):
+                    self._cancel_requested(job_id)
+                rescued = await self.db.rescue(self.stale_after)
+                if rescued:
+                    logger.warning(
+                        "rescued %s jobs of lost workers: %s", len(rescued), [j.id for j in rescued]
+                    )
+                    self._wake.set()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                await self._identity_lost()
+            except psycopg.OperationalError as error:
+                logger.warning("heartbeat failed (%s)", error)
+
+    async def _identity_lost(self) -> None:
+        """Our id was retired (we looked dead): our jobs run elsewhere now, so drop
+        them here and carry on under a new id."""
+        old = self.worker_id
+        self.worker_id = new_worker_id()
+        lost = list(self._running.values())
+        self._running.clear()
+        for running in lost:
+            running.context.cancelled.set()
+            running.task.cancel()
+        logger.warning(
+            "worker %s was retired; dropped %s jobs, continuing as %s",
+            old,
+            len(lost),
+            self.worker_id,
+        )
+        await self._register()
 
     # --- reporting outcomes ------------------------------------------------------
 
@@ -229,6 +310,7 @@ class Worker:
             await self.db.fail(self.worker_id, failed, permanent=False)
         if doomed:
             await self.db.fail(self.worker_id, doomed, permanent=True)
+        assert all(isinstance(o, Completed | Failed | Settled) for o in outcomes)
 
     # --- shutting down -------------------------------------------------------------
 
@@ -247,28 +329,26 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)
         left = list(self._running.values())
+        self._running.clear()
         for running in left:
             running.context.cancelled.set()
             running.task.cancel()
-        self._running.clear()
         if left:
             await asyncio.gather(*(r.task for r in left), return_exceptions=True)
-            await self._report_all()
-            ids = [r.job.id for r in left]
-            logger.info("releasing %s unfinished jobs: %s", len(ids), ids)
-            await self._release(ids)
+            logger.info("releasing %s unfinished jobs: %s", len(left), [r.job.id for r in left])
 
-    async def _release(self, ids: list[int]) -> None:
-        for attempt in range(1, 6):
+    async def _unregister(self) -> None:
+        """Gives back whatever we still hold (no attempt lost) and retires our id."""
+        for failures in range(1, 6):
             try:
-                await self.db.release(self.worker_id, ids)
+                await self.db.unregister(self.worker_id)
                 return
             except psycopg.OperationalError as error:
-                await self._sleep_after_failure("release", error, attempt)
+                await self._sleep_after_failure("unregister", error, failures)
 
 
 def run_worker(dsn: str, tasks: TaskRegistry, *, concurrency: int = 8, **options: object) -> None:
-    """Run a worker until SIGINT/SIGTERM (graceful), a second signal stops at once."""
+    """Run a worker until SIGINT/SIGTERM (graceful); a second signal stops at once."""
     worker = Worker(dsn, tasks, concurrency=concurrency, **options)  # type: ignore[arg-type]
 
     async def main() -> None:

@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--no-listen", action="store_true", help="poll only (for PgBouncer)")
     worker.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS")
     worker.add_argument("--grace-period", type=float, default=10.0, metavar="SECONDS")
+    worker.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS")
+    worker.add_argument(
+        "--stale-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="rescue jobs of workers silent this long (default 30)",
+    )
 
     add = commands.add_parser("add-job", help="add a job")
     add.add_argument("task")
@@ -63,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--job-key-mode")
     add.add_argument("--flag", dest="flags", action="append")
     add.add_argument("--tag", dest="tags", action="append")
+
+    cancel = commands.add_parser("cancel", help="cancel jobs (running ones are asked to stop)")
+    cancel.add_argument("job_ids", nargs="+", type=int)
+    cancel.add_argument("--reason")
+
+    retry = commands.add_parser("retry", help="run failed or cancelled jobs again now")
+    retry.add_argument("job_ids", nargs="+", type=int)
 
     status = commands.add_parser("status", help="one job in full, or counts per task and state")
     status.add_argument("job_id", nargs="?", type=int)
@@ -136,6 +151,8 @@ def _worker(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         listen=not args.no_listen,
         grace_period=args.grace_period,
+        heartbeat_interval=args.heartbeat_interval,
+        stale_after=args.stale_after,
         schema=args.schema,
     )
 
@@ -149,10 +166,7 @@ def _worker(args: argparse.Namespace) -> int:
             await worker.run()
 
     asyncio.run(run())
-    # a sync handler still running in its thread must not hold the process
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(0)
+    return 0
 
 
 def _check_installed(dsn: str, schema: str) -> None:
@@ -221,4 +235,35 @@ def _print_stats(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
-COMMANDS = {"migrate": _migrate, "worker": _worker, "add-job": _add_job, "status": _status}
+def _cancel(args: argparse.Namespace) -> int:
+    return _change_jobs(args, "cancel_jobs", [args.job_ids, args.reason], "cancelled")
+
+
+def _retry(args: argparse.Namespace) -> int:
+    return _change_jobs(args, "retry_jobs", [args.job_ids], "retried")
+
+
+def _change_jobs(args: argparse.Namespace, function: str, params: list[Any], verb: str) -> int:
+    """Calls an admin function and says which jobs it changed and which it skipped."""
+    validate_schema(args.schema)
+    query = sql.SQL("SELECT id, state FROM {}.{}(" + ", ".join(["%s"] * len(params)) + ")")
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            query.format(sql.Identifier(args.schema), sql.Identifier(function)), params
+        ).fetchall()
+    for job_id, state in rows:
+        print(f"job {job_id}: {state}")
+    skipped = sorted(set(args.job_ids) - {job_id for job_id, _ in rows})
+    if skipped:
+        print(f"not {verb} (not found or not in a state that allows it): {skipped}")
+    return 0
+
+
+COMMANDS = {
+    "migrate": _migrate,
+    "worker": _worker,
+    "add-job": _add_job,
+    "status": _status,
+    "cancel": _cancel,
+    "retry": _retry,
+}
