@@ -128,3 +128,14 @@ def test_prune_respects_retention_per_state(conn):
     assert call_one(conn, "prune", "1 day")["prune"] == 1  # every finished job older than a day
     assert call_one(conn, "prune", "0")["prune"] == 1
     assert {r["id"] for r in conn.execute("SELECT id FROM hopper.jobs")} == {active}
+
+
+def test_force_unlock_of_a_job_with_no_attempt_left_fails_it(conn):
+    target = add_job(conn, "t", max_attempts=1)["id"]
+    claim(conn, "dead")
+    (unlocked,) = call(conn, "force_unlock_workers", ["dead"])
+    assert (unlocked["state"], unlocked["last_error"]) == (
+        "failed", "unlocked from worker dead with no attempt left",
+    )  # fmt: skip
+    assert claim(conn, "w2") == []
+    assert job(conn, target)["attempts"] == 1

@@ -22,6 +22,7 @@ PUBLIC_API = {
 
 
 def test_every_function_is_pinned_definer_and_revoked_from_public(conn):
+    conn.execute("DROP ROLE IF EXISTS public_probe")
     conn.execute("CREATE ROLE public_probe")
     functions = conn.execute(FUNCTIONS).fetchall()
     names = {f["proname"] for f in functions}
@@ -33,6 +34,8 @@ def test_every_function_is_pinned_definer_and_revoked_from_public(conn):
 
 
 def test_a_role_without_grants_cannot_add_jobs(dsn, conn):
+    conn.execute("DROP OWNED BY outsider") if _role_exists(conn, "outsider") else None
+    conn.execute("DROP ROLE IF EXISTS outsider")
     conn.execute("CREATE ROLE outsider LOGIN")
     conn.execute("GRANT USAGE ON SCHEMA hopper TO outsider")
     with psycopg.connect(dsn, user="outsider", autocommit=True) as outsider:
@@ -41,3 +44,7 @@ def test_a_role_without_grants_cannot_add_jobs(dsn, conn):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             outsider.execute("SELECT * FROM hopper._jobs")
     assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+def _role_exists(conn, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone() is not None

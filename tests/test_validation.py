@@ -123,6 +123,24 @@ def test_add_jobs_batch_larger_than_max_batch_size_is_rejected(conn):
         ("set_setting", ["failed_retention", "soon"], "22023", "non-negative interval"),
         ("get_setting", ["nope"], "22023", 'get_setting: name "nope" is not a setting'),
         ("prune", ["-1 day"], "22023", "prune: older_than must not be negative"),
+        ("add_jobs", [Jsonb({"a": 1})], "22023", "add_jobs: specs must be a JSON array"),
+        ("register_worker", [None], "22004", "register_worker: worker_id must not be null"),
+        ("register_worker", [""], "22023", "register_worker: worker_id must not be blank"),
+        ("heartbeat", [None], "22004", "heartbeat: worker_id must not be null"),
+        ("heartbeat", ["never_registered"], "55000", "is not registered"),
+        ("unregister_worker", [" "], "22023", "unregister_worker: worker_id must not be blank"),
+        ("rescue_stale_jobs", ["-1 second"], "22023", "stale_after must not be negative"),
+        ("rescue_stale_jobs", [None], "22004", "rescue_stale_jobs: stale_after must not be"),
+        ("release_jobs", ["w", None], "22004", "release_jobs: job_ids must not be null"),
+        ("set_progress", ["w", 1, 101], "22023", "set_progress: progress must be between"),
+        ("set_progress", ["w", None, 1], "22004", "set_progress: job_id must not be null"),
+        ("cancel_jobs", [None], "22004", "cancel_jobs: job_ids must not be null"),
+        ("retry_jobs", [None], "22004", "retry_jobs: job_ids must not be null"),
+        ("complete_jobs", [None], "22004", "complete_jobs: job_ids must not be null"),
+        ("permanently_fail_jobs", [None], "22004", "job_ids must not be null"),
+        ("force_unlock_workers", [None], "22004", "worker_ids must not be null"),
+        ("grant_worker", [None], "22004", "grant_worker: role_name must not be null"),
+        ("grant_producer", ["nobody_here"], "42704", 'role_name "nobody_here" is not a role'),
     ],
 )
 def test_public_functions_reject_bad_arguments(conn, function, arguments, sqlstate, message):
@@ -138,3 +156,16 @@ def test_unicode_payload_round_trips(conn):
     payload = {"text": "héllo 世界 🚀", "nested": ["ü", {"ß": "\u2028"}]}
     added = add_job_with(conn, {"payload": Json(payload)})[0]
     assert added["payload"] == payload
+
+
+def test_nul_in_a_payload_string_is_rejected_and_adds_nothing(conn):
+    # PostgreSQL's jsonb cannot hold \u0000 (SQLSTATE 22P05)
+    with pytest.raises(psycopg.errors.UntranslatableCharacter):
+        add_job_with(conn, {"payload": Json({"text": "a\u0000b"})})
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+def test_add_jobs_null_specs_in_either_form(conn):
+    for specs in ("NULL::jsonb", "NULL::hopper.job_spec[]"):
+        with pytest.raises(psycopg.errors.NullValueNotAllowed, match="add_jobs: specs must not"):
+            conn.execute(f"SELECT hopper.add_jobs({specs})")

@@ -88,7 +88,34 @@ async def record(payload: dict, job: hopper.JobContext) -> None:
 async def slow(payload: dict, job: hopper.JobContext) -> str:
     await record_execution(job, "start")
     await asyncio.sleep(payload.get("seconds", 30))
-    return "finished"
+    return job.worker_id
+
+
+@tasks.task("slow_sync")
+def slow_sync(payload: dict, job: hopper.JobContext) -> str:
+    time.sleep(payload.get("seconds", 30))
+    return job.worker_id
+
+
+@tasks.task("ledger")
+async def ledger(payload: dict, job: hopper.JobContext) -> None:
+    """Exactly-once effect: the write and the completion commit together."""
+    async with job.transaction(result={"booked": payload["amount"]}) as conn:
+        await conn.execute("INSERT INTO ledger (job_id, amount) VALUES (%s, %s)",
+                           [job.job.id, payload["amount"]])  # fmt: skip
+        if payload.get("lose_job"):
+            # another session takes the job away before we commit
+            with psycopg.connect(os.environ["HOPPER_TEST_DSN"], autocommit=True) as other:
+                other.execute("SELECT hopper.force_unlock_workers(%s)", [[job.worker_id]])
+        if payload.get("explode"):
+            raise RuntimeError("handler failed after writing")
+
+
+@tasks.task("ledger_sync")
+def ledger_sync(payload: dict, job: hopper.JobContext) -> None:
+    with job.transaction() as conn:
+        conn.execute("INSERT INTO ledger (job_id, amount) VALUES (%s, %s)",
+                     [job.job.id, payload["amount"]])  # fmt: skip
 
 
 def executions(dsn: str) -> list[tuple[int, str, str]]:

@@ -259,7 +259,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF jsonb_typeof(specs) IS DISTINCT FROM 'array' THEN
+    PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
+    IF jsonb_typeof(specs) <> 'array' THEN
         PERFORM hopper._raise('add_jobs', '22023', 'specs must be a JSON array');
     END IF;
     RETURN QUERY SELECT * FROM hopper.add_jobs(

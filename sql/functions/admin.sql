@@ -92,7 +92,8 @@ END
 $$;
 
 -- Unlocks every job the given workers hold: runnable again at once; the
--- claim's attempt stays counted (graphile semantics).
+-- claim's attempt stays counted (graphile semantics), so a job with no
+-- attempt left fails instead.
 CREATE OR REPLACE FUNCTION hopper.force_unlock_workers(worker_ids text[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -104,7 +105,17 @@ BEGIN
     PERFORM hopper._check_required('force_unlock_workers', 'worker_ids', worker_ids IS NULL);
     WITH target AS (
         UPDATE hopper._jobs AS j SET
-            state = CASE WHEN j.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+            state = CASE
+                WHEN j.attempts >= j.max_attempts THEN 'failed'
+                WHEN j.run_at > now() THEN 'scheduled'
+                ELSE 'pending'
+            END,
+            last_error = CASE
+                WHEN j.attempts >= j.max_attempts
+                    THEN format('unlocked from worker %s with no attempt left', j.locked_by)
+                ELSE j.last_error
+            END,
+            finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
             locked_at = NULL,
             locked_by = NULL,
             updated_at = now()

@@ -1,0 +1,57 @@
+"""Completing inside the handler's own transaction: writes and completion commit together."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import worker_tasks
+from sqlcalls import add_job, job
+
+import hopper
+
+
+@pytest.fixture
+def ledger(dsn, conn, monkeypatch):
+    monkeypatch.setenv("HOPPER_TEST_DSN", dsn)
+    conn.execute("CREATE TABLE ledger (job_id bigint NOT NULL, amount int NOT NULL)")
+
+    def rows() -> list[tuple[int, int]]:
+        with psycopg.connect(dsn) as own:
+            return own.execute("SELECT job_id, amount FROM ledger ORDER BY job_id").fetchall()
+
+    return rows
+
+
+def test_write_and_completion_commit_together(dsn, conn, ledger):
+    async_job = add_job(conn, "ledger", {"amount": 5})["id"]
+    sync_job = add_job(conn, "ledger_sync", {"amount": 7})["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 2
+    assert ledger() == [(async_job, 5), (sync_job, 7)]
+    assert (job(conn, async_job)["state"], job(conn, async_job)["result"]) == (
+        "completed", {"booked": 5},
+    )  # fmt: skip
+    assert job(conn, sync_job)["state"] == "completed"
+
+
+def test_failing_handler_rolls_its_writes_back(dsn, conn, ledger):
+    target = add_job(conn, "ledger", {"amount": 5, "explode": True})["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    assert ledger() == []
+    assert job(conn, target)["last_error"] == "RuntimeError: handler failed after writing"
+
+
+def test_job_taken_away_before_commit_rolls_back_the_writes(dsn, conn, ledger):
+    # each run loses the job just before committing; run_once runs it again at once
+    target = add_job(conn, "ledger", {"amount": 5, "lose_job": True}, max_attempts=2)["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 2
+    assert ledger() == []  # neither run that lost the job left its effect
+    final = job(conn, target)
+    assert (final["state"], final["attempts"]) == ("failed", 2)
+    assert final["last_error"].endswith("with no attempt left")
+
+
+def test_transaction_needs_a_dsn_worker(dsn, conn, ledger):
+    target = add_job(conn, "ledger", {"amount": 5})["id"]
+    with psycopg.connect(dsn, autocommit=True) as own:
+        hopper.run_once(own, worker_tasks.tasks)
+    assert "needs a worker started with a DSN" in job(conn, target)["last_error"]

@@ -1,0 +1,205 @@
+"""Crashes and faults with real worker processes (issue 4): kill -9, SIGSTOP,
+killed backends and a server restart, hung handlers, a long open transaction."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+import worker_tasks
+from psycopg.types.json import Jsonb
+from workerprocs import WorkerProcess, scalar, wait_until
+
+FAST_LIVENESS = ("--heartbeat-interval", "0.5", "--stale-after", "2", "--poll-interval", "0.5")
+
+
+@pytest.fixture
+def workers(dsn, tmp_path):
+    worker_tasks.create_executions_table(dsn)
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        process = WorkerProcess(dsn, tmp_path, f"worker{len(started)}", *FAST_LIVENESS, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.send_signal(signal.SIGCONT)
+        process.kill()
+
+
+def starts(dsn: str) -> list[tuple[int, str, str]]:
+    return [e for e in worker_tasks.executions(dsn) if e[2] == "start"]
+
+
+def job_row(dsn: str, job_id: int) -> tuple:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT state, attempts, result, locked_by FROM hopper.jobs WHERE id = %s", [job_id]
+        ).fetchone()
+
+
+def test_kill_9_mid_job_runs_again_elsewhere_within_stale_after_plus_1s(dsn, workers):
+    victim = workers()
+    job_id = scalar(dsn, "SELECT id FROM hopper.add_job('slow', '{\"seconds\": 1}')")
+    wait_until(lambda: len(starts(dsn)) == 1, timeout=10, what="first run")
+    survivor = workers()
+    victim.process.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: len(starts(dsn)) == 2, timeout=10, what="second run")
+    recovery = time.monotonic() - killed_at
+    wait_until(lambda: job_row(dsn, job_id)[0] == "completed", timeout=10, what="completion")
+    state, attempts, result, _ = job_row(dsn, job_id)
+    runs = starts(dsn)
+    assert runs[0][1] != runs[1][1]
+    assert (state, attempts, result) == ("completed", 2, runs[1][1])
+    assert recovery <= 2 + 1, recovery
+    print(f"\nrecovery after kill -9: {recovery:.2f}s (stale_after 2s)")
+    survivor.signal()
+    assert survivor.wait() == 0
+
+
+def test_sigstopped_worker_woken_after_rescue_changes_nothing(dsn, workers):
+    sleeper = workers()
+    job_id = scalar(dsn, "SELECT id FROM hopper.add_job('slow', '{\"seconds\": 1.5}')")
+    wait_until(lambda: len(starts(dsn)) == 1, timeout=10, what="first run")
+    sleeper.signal(signal.SIGSTOP)
+    other = workers()
+    wait_until(lambda: job_row(dsn, job_id)[0] == "completed", timeout=15, what="rerun elsewhere")
+    completed_by = job_row(dsn, job_id)[2]
+    assert completed_by == starts(dsn)[1][1] != starts(dsn)[0][1]
+    sleeper.signal(signal.SIGCONT)
+    wait_until(lambda: "was retired" in sleeper.log(), timeout=10, what="sleeper to notice")
+    time.sleep(2)  # its handler wakes up and reports; the report must change nothing
+    assert job_row(dsn, job_id)[:3] == ("completed", 2, completed_by)
+    # the woken worker carries on under a new id and still runs jobs
+    more = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
+    wait_until(lambda: job_row(dsn, more)[0] == "completed", timeout=10, what="later job")
+    for process in (sleeper, other):
+        process.signal()
+        assert process.wait() == 0
+
+
+def hopper_backends(dsn: str) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'hopper-%'"
+            )
+        ]
+
+
+def test_killed_backends_and_a_server_restart_lose_no_job(dsn, workers, pg_server):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT count(*) FROM hopper.add_jobs(%s)", [Jsonb([{"identifier": "record"}] * 2000)]
+        )
+    processes = [workers("-c", "4") for _ in range(2)]
+    completed = lambda: scalar(dsn, "SELECT count(*) FROM hopper.jobs WHERE state = 'completed'")  # noqa: E731
+    faults = 0
+    for threshold in (300, 700, 1100):
+        wait_until(lambda t=threshold: completed() >= t, timeout=60, what=f"{threshold} done")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for pid in hopper_backends(dsn):
+                conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+        faults += 1
+    wait_until(lambda: completed() >= 1500, timeout=60, what="1500 done")
+    pg_server.restart()
+    faults += 1
+    wait_until(lambda: completed() == 2000, timeout=120, what="the queue to drain")
+    executions = worker_tasks.executions(dsn)
+    distinct = {job_id for job_id, _, _ in executions}
+    duplicates = len(executions) - len(distinct)
+    in_flight_per_fault = 2 * 4
+    assert len(distinct) == 2000
+    assert duplicates <= faults * in_flight_per_fault, duplicates
+    assert all(p.process.poll() is None for p in processes)
+    print(f"\n2000 jobs, {faults} faults: {len(executions)} executions, {duplicates} duplicated")
+    for process in processes:
+        process.signal()
+        assert process.wait() == 0
+
+
+def test_hung_handlers_with_timeouts_do_not_block_the_next_job(dsn, workers):
+    workers("-c", "1")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT hopper.add_job('slow_sync', '{\"seconds\": 60}', timeout => '1s')")
+        conn.execute("SELECT hopper.add_job('slow', '{\"seconds\": 60}', timeout => '1s')")
+        last = conn.execute("SELECT id FROM hopper.add_job('echo', '{}')").fetchone()[0]
+    took = wait_until(lambda: job_row(dsn, last)[0] == "completed", timeout=10, what="next job")
+    assert took < 4
+    with psycopg.connect(dsn) as conn:
+        errors = conn.execute(
+            "SELECT last_error FROM hopper.jobs WHERE task_identifier LIKE 'slow%'"
+        ).fetchall()
+    assert errors == [("timeout after 00:00:01",)] * 2
+
+
+def test_long_open_transaction_slows_but_never_stops_processing(dsn, workers):
+    workers("-c", "4")
+    hold = threading.Event()
+
+    def hold_transaction_open() -> None:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SELECT txid_current()")  # a snapshot that pins old rows
+            hold.wait(30)
+
+    holder = threading.Thread(target=hold_transaction_open)
+    holder.start()
+    try:
+        done_in_windows = []
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(6):
+                before = scalar(dsn, "SELECT count(*) FROM hopper.jobs WHERE state = 'completed'")
+                conn.execute(
+                    "SELECT count(*) FROM hopper.add_jobs(%s)",
+                    [Jsonb([{"identifier": "record"}] * 200)],
+                )
+                time.sleep(5)
+                after = scalar(dsn, "SELECT count(*) FROM hopper.jobs WHERE state = 'completed'")
+                done_in_windows.append(after - before)
+        assert all(done == 200 for done in done_in_windows), done_in_windows
+    finally:
+        hold.set()
+        holder.join()
+
+
+def test_worker_backends_are_never_idle_in_transaction(dsn, workers):
+    workers("-c", "4")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT count(*) FROM hopper.add_jobs(%s)", [Jsonb([{"identifier": "record"}] * 1000)]
+        )
+        worst = 0.0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT coalesce(max(extract(epoch FROM now() - state_change)), 0)"
+                " FROM pg_stat_activity WHERE application_name LIKE 'hopper-%'"
+                " AND state LIKE 'idle in transaction%'"
+            ).fetchone()
+            worst = max(worst, float(row[0]))
+            if scalar(dsn, "SELECT count(*) FROM hopper.jobs WHERE state = 'completed'") == 1000:
+                break
+            time.sleep(0.01)
+    assert worst < 0.5, worst
+
+
+def test_worker_cancels_a_running_handler_on_request(dsn, workers):
+    workers()
+    job_id = scalar(dsn, "SELECT id FROM hopper.add_job('slow', '{\"seconds\": 60}')")
+    wait_until(lambda: len(starts(dsn)) == 1, timeout=10, what="start")
+    asked = time.monotonic()
+    scalar(dsn, "SELECT count(*) FROM hopper.cancel_jobs(%s, 'user asked')", [[job_id]])
+    wait_until(lambda: job_row(dsn, job_id)[0] == "cancelled", timeout=5, what="cancellation")
+    assert time.monotonic() - asked < 1.5
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT last_error, attempts FROM hopper.jobs WHERE id = %s", [job_id]
+        ).fetchone() == ("user asked", 1)

@@ -1,0 +1,98 @@
+"""grant_producer / grant_worker: exactly the functions of SPEC.md section 7, no table access."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from sqlcalls import add_job, call
+
+PRODUCER = {"add_job", "add_jobs", "job_status"}
+WORKER = PRODUCER | {
+    "register_worker", "unregister_worker", "heartbeat", "get_jobs", "get_job", "complete_job",
+    "complete_claimed_jobs", "fail_job", "fail_claimed_jobs", "release_jobs",
+    "rescue_stale_jobs", "set_progress",
+}  # fmt: skip
+
+# one harmless call per operation; "me" is replaced by the role's name
+OPERATIONS = {
+    "add_job": "SELECT hopper.add_job('t')",
+    "add_jobs": 'SELECT hopper.add_jobs(\'[{"identifier": "t"}]\'::jsonb)',
+    "job_status": "SELECT hopper.job_status(1)",
+    "register_worker": "SELECT hopper.register_worker('me')",
+    "heartbeat": "SELECT hopper.register_worker('me'), hopper.heartbeat('me')",
+    "unregister_worker": "SELECT hopper.unregister_worker('me-2')",
+    "get_jobs": "SELECT hopper.get_jobs('me', ARRAY['none'])",
+    "get_job": "SELECT hopper.get_job('me', ARRAY['none'])",
+    "complete_job": "SELECT hopper.complete_job('me', 1)",
+    "complete_claimed_jobs": "SELECT hopper.complete_claimed_jobs('me', ARRAY[1]::bigint[])",
+    "fail_job": "SELECT hopper.fail_job('me', 1, 'x')",
+    "fail_claimed_jobs": "SELECT hopper.fail_claimed_jobs('me', ARRAY[1]::bigint[], ARRAY['x'])",
+    "release_jobs": "SELECT hopper.release_jobs('me', ARRAY[1]::bigint[])",
+    "rescue_stale_jobs": "SELECT hopper.rescue_stale_jobs()",
+    "set_progress": "SELECT hopper.set_progress('me', 1, 5)",
+    "cancel_jobs": "SELECT hopper.cancel_jobs(ARRAY[1]::bigint[])",
+    "retry_jobs": "SELECT hopper.retry_jobs(ARRAY[1]::bigint[])",
+    "complete_jobs": "SELECT hopper.complete_jobs(ARRAY[1]::bigint[])",
+    "permanently_fail_jobs": "SELECT hopper.permanently_fail_jobs(ARRAY[1]::bigint[])",
+    "reschedule_jobs": "SELECT hopper.reschedule_jobs(ARRAY[1]::bigint[])",
+    "remove_job": "SELECT hopper.remove_job('k')",
+    "force_unlock_workers": "SELECT hopper.force_unlock_workers(ARRAY['x'])",
+    "prune": "SELECT hopper.prune()",
+    "set_setting": "SELECT hopper.set_setting('max_batch_size', '10')",
+    "get_setting": "SELECT hopper.get_setting('max_batch_size')",
+    "set_queue": "SELECT hopper.set_queue('q')",
+    "queue_stats": "SELECT hopper.queue_stats()",
+    "grant_worker": "SELECT hopper.grant_worker('me')",
+    "read jobs table": "SELECT * FROM hopper._jobs",
+    "write jobs table": "UPDATE hopper._jobs SET priority = 0",
+    "read jobs view": "SELECT * FROM hopper.jobs",
+    "read settings": "SELECT * FROM hopper.settings",
+    "internal helper": "SELECT hopper._notify_jobs()",
+}
+
+
+@pytest.fixture
+def roles(conn):
+    """Roles are cluster-wide, so each test gets its own three."""
+    suffix = uuid.uuid4().hex[:8]
+    granted = {
+        f"nobody_{suffix}": set(),
+        f"producer_{suffix}": PRODUCER,
+        f"worker_{suffix}": WORKER,
+    }
+    for role in granted:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    call(conn, "grant_producer", f"producer_{suffix}")
+    call(conn, "grant_worker", f"worker_{suffix}")
+    conn.execute(f"GRANT USAGE ON SCHEMA hopper TO nobody_{suffix}")
+    add_job(conn, "t")
+    return granted
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+def test_each_role_can_do_exactly_what_it_was_granted(dsn, roles, operation):
+    for role, allowed in roles.items():
+        statement = OPERATIONS[operation].replace("'me", f"'{role}")
+        with psycopg.connect(dsn, user=role, autocommit=True) as conn:
+            if operation in allowed:
+                conn.execute(statement)
+            else:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+
+
+def test_worker_role_runs_a_job_end_to_end(dsn, roles):
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    with psycopg.connect(dsn, user=worker_role, autocommit=True) as conn:
+        conn.execute("SELECT hopper.add_jobs(%s)", [Jsonb([{"identifier": "w"}])])
+        (job_id,) = conn.execute("SELECT id FROM hopper.get_jobs('w1', ARRAY['w'])").fetchone()
+        state = conn.execute("SELECT state FROM hopper.complete_job('w1', %s)", [job_id]).fetchone()
+    assert state == ("completed",)
+
+
+def test_grant_to_unknown_role_is_a_clear_error(conn):
+    with pytest.raises(psycopg.errors.UndefinedObject, match='role_name "ghost" is not a role'):
+        call(conn, "grant_worker", "ghost")

@@ -1,0 +1,83 @@
+"""Property test: add_job either stores exactly what it was given or raises a documented
+SQLSTATE and changes nothing."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg.types.json import Json
+
+# PostgreSQL text holds neither NUL nor lone surrogates
+TEXT = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=140)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
+    max_leaves=12,
+)
+PAYLOADS = (
+    st.none() | st.dictionaries(TEXT, JSON_VALUES, max_size=5) | st.lists(JSON_VALUES) | JSON_VALUES
+)
+DOCUMENTED = {"22023", "22004", "54000"}
+
+
+def by_value(value: object) -> object:
+    """jsonb keeps numbers as numeric: 2.5e16 comes back as 25000000000000000.
+    Strings, keys and structure must come back exactly."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return Decimal(repr(value)).normalize()
+    if isinstance(value, list):
+        return [by_value(v) for v in value]
+    assert isinstance(value, dict)
+    return {k: by_value(v) for k, v in value.items()}
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    identifier=st.none() | TEXT,
+    payload=PAYLOADS,
+    queue_name=st.none() | TEXT,
+    job_key=st.none() | st.text(max_size=3).map(lambda k: k.replace("\x00", "")),
+    priority=st.none() | st.integers(-40000, 40000),
+    max_attempts=st.none() | st.integers(-3, 40000),
+    tags=st.none() | st.lists(st.none() | TEXT, max_size=3),
+)
+def test_add_job_stores_exactly_what_it_got_or_changes_nothing(
+    conn, identifier, payload, queue_name, job_key, priority, max_attempts, tags
+):
+    before = conn.execute("SELECT count(*) AS n, max(revision) AS r FROM hopper._jobs").fetchone()
+    try:
+        row = conn.execute(
+            "SELECT * FROM hopper.add_job(%s, %s, queue_name => %s, job_key => %s,"
+            " priority => %s, max_attempts => %s, tags => %s, job_key_mode => 'dedupe')",
+            [identifier, Json(payload) if payload is not None else None, queue_name, job_key,
+             priority, max_attempts, tags],
+        ).fetchone()  # fmt: skip
+    except psycopg.Error as error:
+        assert error.sqlstate in DOCUMENTED, (error.sqlstate, error)
+        after = conn.execute(
+            "SELECT count(*) AS n, max(revision) AS r FROM hopper._jobs"
+        ).fetchone()
+        assert after == before
+        return
+    assert row["task_identifier"] == identifier
+    if row["outcome"] == "inserted":
+        assert by_value(row["payload"]) == by_value({} if payload is None else payload)
+        assert row["queue_name"] == queue_name
+        assert row["priority"] == (priority or 0)
+        assert row["max_attempts"] == (max_attempts or 25)
+        assert row["tags"] == tags
+    stored = conn.execute("SELECT payload FROM hopper.jobs WHERE id = %s", [row["id"]]).fetchone()
+    assert stored["payload"] == row["payload"]
