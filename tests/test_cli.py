@@ -84,3 +84,17 @@ def test_clear_errors(dsn, empty_dsn):
         assert "Traceback" not in result.stderr, result.stderr
     missing = hopper("status")
     assert missing.returncode == 2 and "DATABASE_URL" in missing.stderr
+
+
+def test_cancel_and_retry(dsn):
+    first = json.loads(hopper("add-job", "echo", dsn=dsn).stdout)["id"]
+    cancelled = hopper("cancel", str(first), "999", "--reason", "typo", dsn=dsn)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"job {first}: cancelled" in cancelled.stdout
+    assert "not cancelled (not found or not in a state that allows it): [999]" in cancelled.stdout
+    retried = hopper("retry", str(first), dsn=dsn)
+    assert f"job {first}: pending" in retried.stdout
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT state, last_error FROM hopper.jobs").fetchone() == (
+            "pending", "typo",
+        )  # fmt: skip

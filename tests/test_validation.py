@@ -169,3 +169,10 @@ def test_add_jobs_null_specs_in_either_form(conn):
     for specs in ("NULL::jsonb", "NULL::hopper.job_spec[]"):
         with pytest.raises(psycopg.errors.NullValueNotAllowed, match="add_jobs: specs must not"):
             conn.execute(f"SELECT hopper.add_jobs({specs})")
+
+
+def test_batch_forms_refuse_more_than_max_batch_size(conn):
+    call(conn, "set_setting", "max_batch_size", "2")
+    for function, extra in (("complete_claimed_jobs", []), ("fail_claimed_jobs", [["a"] * 3])):
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="job_ids has 3 elements"):
+            call(conn, function, "w", [1, 2, 3], *extra)

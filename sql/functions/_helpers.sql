@@ -244,6 +244,25 @@ BEGIN
 END
 $$;
 
+-- Batch forms take at most max_batch_size jobs per call.
+CREATE OR REPLACE FUNCTION hopper._check_batch_size(
+    fn text, argument text, batch_length integer
+) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    max_batch_size integer := hopper._setting('max_batch_size')::integer;
+BEGIN
+    IF batch_length > max_batch_size THEN
+        PERFORM hopper._raise(fn, '54000', format(
+            '%s has %s elements, more than max_batch_size (%s)',
+            argument, batch_length, max_batch_size
+        ));
+    END IF;
+END
+$$;
+
 -- Batch forms take parallel arrays; a length mismatch is a caller bug.
 CREATE OR REPLACE FUNCTION hopper._check_same_length(
     fn text, argument text, values_length integer, job_ids_length integer

@@ -104,6 +104,7 @@ AS $$
 BEGIN
     PERFORM hopper._check_worker_id('complete_claimed_jobs', worker_id);
     PERFORM hopper._check_required('complete_claimed_jobs', 'job_ids', job_ids IS NULL);
+    PERFORM hopper._check_batch_size('complete_claimed_jobs', 'job_ids', cardinality(job_ids));
     IF results IS NOT NULL THEN
         PERFORM hopper._check_same_length(
             'complete_claimed_jobs', 'results', cardinality(results), cardinality(job_ids)

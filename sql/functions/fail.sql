@@ -180,6 +180,7 @@ AS $$
 BEGIN
     PERFORM hopper._check_worker_id('fail_claimed_jobs', worker_id);
     PERFORM hopper._check_required('fail_claimed_jobs', 'job_ids', job_ids IS NULL);
+    PERFORM hopper._check_batch_size('fail_claimed_jobs', 'job_ids', cardinality(job_ids));
     PERFORM hopper._check_same_length(
         'fail_claimed_jobs', 'error_messages',
         cardinality(error_messages), cardinality(job_ids)
