@@ -43,6 +43,7 @@ def by_value(value: object) -> object:
 @settings(
     max_examples=200,
     deadline=None,
+    derandomize=True,  # the same examples on every run, so CI is repeatable
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
@@ -72,8 +73,8 @@ def test_add_job_stores_exactly_what_it_got_or_changes_nothing(
         ).fetchone()
         assert after == before
         return
-    assert row["task_identifier"] == identifier
-    if row["outcome"] == "inserted":
+    if row["outcome"] == "inserted":  # a deduped call returns the job that held the key
+        assert row["task_identifier"] == identifier
         assert by_value(row["payload"]) == by_value({} if payload is None else payload)
         assert row["queue_name"] == queue_name
         assert row["priority"] == (priority or 0)
