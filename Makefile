@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint migrate demo clean
+.PHONY: install test lint migrate demo bench clean
 
 install: $(INSTALLED)
 
@@ -28,6 +28,11 @@ migrate: $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(PYTHON) -m hopper.demo
+
+# a throwaway PostgreSQL unless DATABASE_URL is set; BENCH_ARGS="--compare graphile-worker"
+BENCH_ARGS ?=
+bench: $(INSTALLED)
+	$(VENV)/bin/hopper bench --output bench-results.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

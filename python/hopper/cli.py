@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,6 +21,7 @@ from hopper._migrate import MigrationError, migrate, validate_schema
 from hopper._producer import quick_add_job
 from hopper._tasks import TaskRegistry
 from hopper._worker import Worker
+from hopper.bench import WORKLOADS, run_bench
 
 
 class UsageError(Exception):
@@ -79,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", help="run failed or cancelled jobs again now")
     retry.add_argument("job_ids", nargs="+", type=int)
 
+    bench = commands.add_parser(
+        "bench", help="benchmark (on a throwaway PostgreSQL when no database is given)"
+    )
+    bench.add_argument("--output", type=Path, help="write the results as JSON to this file")
+    bench.add_argument(
+        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}"
+    )
+    bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    bench.add_argument("--repeat", type=int, default=1, help="median of this many runs")
+    bench.add_argument("--compare", choices=["graphile-worker"], help="run it side by side")
+
     status = commands.add_parser("status", help="one job in full, or counts per task and state")
     status.add_argument("job_id", nargs="?", type=int)
     return parser
@@ -90,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("HOPPER_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if args.command == "bench":
+        return _bench(args)
     if not args.database_url:
         print("hopper: no database: pass --database-url or set DATABASE_URL", file=sys.stderr)
         return 2
@@ -233,6 +248,16 @@ def _print_stats(rows: list[dict[str, Any]]) -> None:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown:
+        print(f"hopper: unknown workloads {unknown}; choose from {WORKLOADS}", file=sys.stderr)
+        return 2
+    run_bench(args.database_url, args.output, workloads, args.quick, args.repeat, args.compare)
+    return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:

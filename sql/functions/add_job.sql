@@ -4,9 +4,12 @@
 -- an active job is skipped (no row returned); _add_keyed_job decides then.
 CREATE OR REPLACE FUNCTION hopper._insert_specs(specs hopper.job_spec[])
 RETURNS SETOF hopper._jobs
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     INSERT INTO hopper._jobs (
         task_identifier, payload, queue_name, state, priority, run_at,
         max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
@@ -33,7 +36,8 @@ AS $$
     ON CONFLICT (key)
     WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
     DO NOTHING
-    RETURNING *
+    RETURNING *;
+END
 $$;
 
 -- Replaces an active, not running job in place (replace / preserve_run_at).
@@ -139,7 +143,8 @@ $$;
 
 -- Applies specs in order and returns one row per spec, in input order.
 -- Unkeyed specs go in one INSERT; keyed ones one by one, so a key repeated
--- within the call sees its earlier specs applied.
+-- within the call sees its earlier specs applied. Rows are read back through
+-- the hopper.jobs view, the one definition of a job's public record.
 CREATE OR REPLACE FUNCTION hopper._add_specs(specs hopper.job_spec[])
 RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -150,39 +155,48 @@ DECLARE
         SELECT i FROM generate_subscripts(specs, 1) AS i
         WHERE specs[i].job_key IS NULL ORDER BY i
     );
-    results hopper.added_job[] := array_fill(
-        NULL::hopper.added_job, ARRAY[cardinality(specs)]
-    );
-    inserted hopper._jobs[];
+    ids bigint[];
+    outcomes text[] := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
+    added hopper.added_job;
 BEGIN
+    IF cardinality(specs) = 0 THEN
+        RETURN;
+    END IF;
     PERFORM hopper._ensure_queues(ARRAY(SELECT s.queue_name FROM unnest(specs) AS s));
-    IF cardinality(unkeyed_index) > 0 THEN
-        -- identity values follow insertion order, so sorting by id pairs
-        -- each new row with its spec
-        inserted := ARRAY(
-            SELECT j FROM hopper._insert_specs(
-                ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i)
-            ) AS j ORDER BY j.id
+    -- identity values follow insertion order, so sorting by id pairs each new
+    -- row with its spec
+    ids := ARRAY(
+        SELECT j.id FROM hopper._insert_specs(
+            ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i ORDER BY i)
+        ) AS j ORDER BY j.id
+    );
+    IF cardinality(unkeyed_index) < cardinality(specs) THEN
+        ids := ARRAY(
+            SELECT ids[k] FROM unnest(unkeyed_index) WITH ORDINALITY AS u (i, k)
+            RIGHT JOIN generate_subscripts(specs, 1) AS g (i) ON u.i = g.i
+            ORDER BY g.i
         );
-        FOR n IN 1..cardinality(unkeyed_index) LOOP
-            results[unkeyed_index[n]] := hopper._added(inserted[n], 'inserted');
+        FOR i IN 1..cardinality(specs) LOOP
+            IF specs[i].job_key IS NOT NULL THEN
+                added := hopper._add_keyed_job(specs[i]);
+                ids[i] := added.id;
+                outcomes[i] := added.outcome;
+            END IF;
         END LOOP;
     END IF;
-    FOR i IN 1..coalesce(cardinality(specs), 0) LOOP
-        IF specs[i].job_key IS NOT NULL THEN
-            results[i] := hopper._add_keyed_job(specs[i]);
-        END IF;
-    END LOOP;
     IF EXISTS (
-        SELECT FROM unnest(results) AS r
-        WHERE r.outcome <> 'deduped' AND r.state = 'pending'
+        SELECT FROM generate_subscripts(specs, 1) AS i
+        WHERE outcomes[i] <> 'deduped' AND coalesce(specs[i].run_at, now()) <= now()
     ) THEN
         PERFORM hopper._notify_jobs();
     END IF;
-    RETURN QUERY SELECT * FROM unnest(results);
+    RETURN QUERY
+    SELECT v.*, x.outcome
+    FROM unnest(ids, outcomes) WITH ORDINALITY AS x (id, outcome, n)
+    INNER JOIN hopper.jobs AS v ON x.id = v.id
+    ORDER BY x.n;
 END
 $$;
-
 -- Adds (or, with a job key, updates or dedupes) one job; SPEC.md 3.1-3.2.
 -- The job exists only if the caller's transaction commits.
 CREATE OR REPLACE FUNCTION hopper.add_job(
@@ -206,6 +220,8 @@ CREATE OR REPLACE FUNCTION hopper.add_job(
 ) RETURNS hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     spec hopper.job_spec := ROW(
@@ -214,10 +230,22 @@ DECLARE
         timeout, backoff, backoff_delay, backoff_max, dead_letter
     );
     added hopper.added_job;
+    inserted hopper._jobs;
 BEGIN
     PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
-    SELECT * INTO added FROM hopper._add_specs(ARRAY[spec]);
-    RETURN added;
+    IF job_key IS NOT NULL THEN
+        SELECT * INTO added FROM hopper._add_specs(ARRAY[spec]);
+        RETURN added;
+    END IF;
+    -- the common case in as few statements as possible
+    IF queue_name IS NOT NULL THEN
+        PERFORM hopper._ensure_queues(ARRAY[queue_name]);
+    END IF;
+    SELECT * INTO inserted FROM hopper._insert_specs(ARRAY[spec]);
+    IF inserted.state = 'pending' THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+    RETURN hopper._added(inserted, 'inserted');
 END
 $$;
 
@@ -229,6 +257,8 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
@@ -257,6 +287,8 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);

@@ -138,10 +138,15 @@ $$;
 -- The job's public record, or NULL when no such job is retained.
 CREATE OR REPLACE FUNCTION hopper.job_status(job_id bigint)
 RETURNS hopper.jobs
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM hopper.jobs AS j WHERE j.id = job_id
+DECLARE
+    record_out hopper.jobs;
+BEGIN
+    SELECT * INTO record_out FROM hopper.jobs AS j WHERE j.id = job_id;
+    RETURN record_out;
+END
 $$;
 
 -- Job counts per task and queue, by state, and how long the oldest pending
@@ -159,9 +164,12 @@ RETURNS TABLE (
     cancelled bigint,
     oldest_pending_age interval
 )
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT
         j.task_identifier,
         j.queue_name,
@@ -175,7 +183,8 @@ AS $$
         now() - min(j.run_at) FILTER (WHERE j.state = 'pending')
     FROM hopper.jobs AS j
     GROUP BY j.task_identifier, j.queue_name
-    ORDER BY j.task_identifier, j.queue_name NULLS FIRST
+    ORDER BY j.task_identifier, j.queue_name NULLS FIRST;
+END
 $$;
 
 -- Creates or changes a named queue; a NULL argument keeps the current value
@@ -246,6 +255,8 @@ CREATE OR REPLACE FUNCTION hopper.set_progress(
 ) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('set_progress', worker_id);

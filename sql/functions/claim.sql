@@ -4,9 +4,10 @@
 -- probe of an index that holds scheduled jobs only.
 CREATE OR REPLACE FUNCTION hopper._promote_due_jobs(due_at timestamptz)
 RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- an id array (not IN) keeps the update on the primary key whatever the
     -- planner guesses about how many jobs are due
     UPDATE hopper._jobs AS j SET state = 'pending'
@@ -14,7 +15,8 @@ AS $$
         SELECT d.id FROM hopper._jobs AS d
         WHERE d.state = 'scheduled' AND d.run_at <= due_at
         FOR UPDATE SKIP LOCKED
-    ))
+    ));
+END
 $$;
 
 -- Jobs locked before expired_before by a worker that never registered (a
@@ -52,7 +54,63 @@ BEGIN
 END
 $$;
 
--- Locks and marks running up to batch_size claimable jobs in claim order.
+-- Locks up to batch_size claimable jobs in claim order and returns their ids:
+-- from the whole pending index when any task will do, else from one range per
+-- task, merged. The queue test is only a lock-free pre-filter that skips the
+-- jobs of busy or paused queues; _claim re-checks queues under lock.
+CREATE OR REPLACE FUNCTION hopper._lock_candidates(
+    task_identifiers text[],
+    batch_size integer,
+    forbidden_flags text[],
+    claim_time timestamptz
+) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF task_identifiers IS NULL THEN
+        RETURN ARRAY(
+            SELECT j.id
+            FROM hopper._jobs AS j
+            WHERE
+                j.state = 'pending'
+                AND j.run_at <= claim_time
+                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                AND (j.queue_name IS NULL OR EXISTS (
+                    SELECT FROM hopper._queues AS q
+                    WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
+                ))
+            ORDER BY j.priority, j.run_at, j.id
+            LIMIT batch_size
+            FOR UPDATE OF j SKIP LOCKED
+        );
+    END IF;
+    RETURN ARRAY(
+        SELECT one_task.id
+        FROM (SELECT DISTINCT unnest(task_identifiers) AS name) AS task
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.priority, j.run_at
+            FROM hopper._jobs AS j
+            WHERE
+                j.task_identifier = task.name
+                AND j.state = 'pending'
+                AND j.run_at <= claim_time
+                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                AND (j.queue_name IS NULL OR EXISTS (
+                    SELECT FROM hopper._queues AS q
+                    WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
+                ))
+            ORDER BY j.priority, j.run_at, j.id
+            LIMIT batch_size
+            FOR UPDATE OF j SKIP LOCKED
+        ) AS one_task
+        ORDER BY one_task.priority, one_task.run_at, one_task.id
+        LIMIT batch_size
+    );
+END
+$$;
+
+-- Marks running up to batch_size claimable jobs in claim order.
 CREATE OR REPLACE FUNCTION hopper._claim(
     worker_id text,
     task_identifiers text[],
@@ -60,29 +118,24 @@ CREATE OR REPLACE FUNCTION hopper._claim(
     forbidden_flags text[],
     claim_time timestamptz
 ) RETURNS SETOF hopper._jobs
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
-    -- Walk the pending index in claim order. The queue test here is only a
-    -- lock-free pre-filter that skips the jobs of busy or paused queues.
+#variable_conflict use_column
+DECLARE
+    candidate_ids bigint[] := hopper._lock_candidates(
+        task_identifiers, batch_size, forbidden_flags, claim_time
+    );
+BEGIN
+    IF cardinality(candidate_ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
     WITH candidate AS MATERIALIZED (
         SELECT j.id, j.queue_name, j.priority, j.run_at
         FROM hopper._jobs AS j
-        WHERE
-            j.state = 'pending'
-            AND j.run_at <= claim_time
-            AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
-            AND (
-                forbidden_flags IS NULL OR j.flags IS NULL
-                OR NOT j.flags && forbidden_flags
-            )
-            AND (j.queue_name IS NULL OR EXISTS (
-                SELECT FROM hopper._queues AS q
-                WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
-            ))
-        ORDER BY j.priority, j.run_at, j.id
-        LIMIT batch_size
-        FOR UPDATE OF j SKIP LOCKED
+        WHERE j.id = any(candidate_ids)
     ),
 
     -- Lock only the queues of the candidates. A queue row another claimer
@@ -120,18 +173,23 @@ AS $$
             GROUP BY ch.queue_name
         ) AS t
         WHERE q.name = t.queue_name
+    ),
+
+    claimed AS (
+        UPDATE hopper._jobs AS j SET
+            state = 'running',
+            locked_at = claim_time,
+            locked_by = worker_id,
+            attempts = j.attempts + 1,
+            started_at = coalesce(j.started_at, claim_time),
+            updated_at = now()
+        FROM chosen
+        WHERE j.id = chosen.id
+        RETURNING j.*
     )
 
-    UPDATE hopper._jobs AS j SET
-        state = 'running',
-        locked_at = claim_time,
-        locked_by = worker_id,
-        attempts = j.attempts + 1,
-        started_at = coalesce(j.started_at, claim_time),
-        updated_at = now()
-    FROM chosen
-    WHERE j.id = chosen.id
-    RETURNING j.*
+    SELECT * FROM claimed;
+END
 $$;
 
 -- Claims up to batch_size runnable jobs for worker_id, in the order
@@ -146,6 +204,8 @@ CREATE OR REPLACE FUNCTION hopper.get_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('get_jobs', worker_id);
@@ -189,12 +249,19 @@ CREATE OR REPLACE FUNCTION hopper.get_job(
     job_expiry interval DEFAULT '4 hours',
     now timestamptz DEFAULT now()
 ) RETURNS hopper.jobs
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT * FROM hopper.get_jobs(
+DECLARE
+    record_out hopper.jobs;
+BEGIN
+    SELECT * INTO record_out FROM hopper.get_jobs(
         worker_id, task_identifiers, 1, forbidden_flags, job_expiry, now
-    )
+    );
+    RETURN record_out;
+END
 $$;
 
 -- Gives back jobs worker_id holds and will not run (graceful shutdown):
@@ -204,6 +271,8 @@ CREATE OR REPLACE FUNCTION hopper.release_jobs(worker_id text, job_ids bigint[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     released hopper._jobs[];

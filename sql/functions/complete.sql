@@ -4,9 +4,12 @@
 CREATE OR REPLACE FUNCTION hopper._lock_completable(
     job_ids bigint[], results jsonb[], owner text
 ) RETURNS TABLE (id bigint, result jsonb)
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT j.id, r.result
     FROM unnest(job_ids, results) AS r (id, result)
     INNER JOIN hopper._jobs AS j ON r.id = j.id
@@ -14,7 +17,8 @@ AS $$
         WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
         ELSE j.state = 'running' AND j.locked_by = owner
     END
-    FOR UPDATE OF j
+    FOR UPDATE OF j;
+END
 $$;
 
 -- Completes the given jobs and returns them as completed. With owner, only
@@ -81,6 +85,8 @@ CREATE OR REPLACE FUNCTION hopper.complete_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     completed hopper.jobs;
@@ -100,6 +106,8 @@ CREATE OR REPLACE FUNCTION hopper.complete_claimed_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('complete_claimed_jobs', worker_id);

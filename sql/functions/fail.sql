@@ -3,10 +3,11 @@
 
 CREATE OR REPLACE FUNCTION hopper._dead_letter_payload(j hopper._jobs)
 RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+BEGIN
+    RETURN jsonb_build_object(
         'job', jsonb_build_object(
             'id', j.id,
             'task_identifier', j.task_identifier,
@@ -19,7 +20,8 @@ AS $$
         ),
         'payload', j.payload,
         'error', j.last_error
-    )
+    );
+END
 $$;
 
 -- For each failed job with a dead_letter task, adds a job of that task and
@@ -150,6 +152,8 @@ CREATE OR REPLACE FUNCTION hopper.fail_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     failed hopper.jobs;
@@ -176,6 +180,8 @@ CREATE OR REPLACE FUNCTION hopper.fail_claimed_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('fail_claimed_jobs', worker_id);

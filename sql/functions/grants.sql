@@ -28,26 +28,30 @@ $$;
 -- Lets role_name add jobs and read their status.
 CREATE OR REPLACE FUNCTION hopper.grant_producer(role_name text)
 RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT hopper._grant_functions(
+BEGIN
+    PERFORM hopper._grant_functions(
         'grant_producer', role_name, ARRAY['add_job', 'add_jobs', 'job_status']
-    )
+    );
+END
 $$;
 
 -- Lets role_name produce and run jobs as a worker.
 CREATE OR REPLACE FUNCTION hopper.grant_worker(role_name text)
 RETURNS void
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT hopper._grant_functions(
+BEGIN
+    PERFORM hopper._grant_functions(
         'grant_worker', role_name, ARRAY[
             'add_job', 'add_jobs', 'job_status', 'register_worker', 'unregister_worker',
             'heartbeat', 'get_jobs', 'get_job', 'complete_job', 'complete_claimed_jobs',
             'fail_job', 'fail_claimed_jobs', 'release_jobs', 'rescue_stale_jobs',
             'set_progress', 'enqueue_due_schedules'
         ]
-    )
+    );
+END
 $$;

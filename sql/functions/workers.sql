@@ -47,6 +47,8 @@ CREATE OR REPLACE FUNCTION hopper.heartbeat(worker_id text)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('heartbeat', worker_id);
@@ -96,6 +98,8 @@ CREATE OR REPLACE FUNCTION hopper.rescue_stale_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     grace interval := hopper._setting('timeout_grace')::interval;

@@ -1,0 +1,613 @@
+"""`hopper bench`: throughput, latency and scaling of hopper, optionally side by side
+with graphile-worker on the same PostgreSQL. A benchmark, never a timed test.
+
+Every workload runs in a fresh schema of one database; the figures of one run are
+compared with each other only (ratios), since a shared machine varies run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Json
+
+from hopper._graphile import Graphile, GraphileUnavailable, install
+from hopper._migrate import migrate
+
+HOPPER_SCHEMA = "hopper_bench"
+GRAPHILE_SCHEMA = "graphile_worker_bench"
+WORKLOADS = ("enqueue-single", "enqueue-bulk", "process", "latency", "depth", "startup")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    single: int = 3000
+    bulk: int = 100_000
+    process: int = 100_000
+    latency: int = 1000
+    depth_filler: int = 1_000_000
+    depth_measured: int = 5000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(single=200, bulk=5000, process=3000, latency=40, depth_filler=20_000,
+                   depth_measured=500)  # fmt: skip
+
+
+@dataclass
+class Figure:
+    workload: str
+    system: str
+    variant: str
+    value: float
+    unit: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the systems under test ----------------------------------------------------------
+
+
+class System:
+    name: str
+    schema: str
+
+    def __init__(self, dsn: str, work_dir: Path) -> None:
+        self.dsn = dsn
+        self.work_dir = work_dir
+
+    def reset(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+            )
+        self.install()
+
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def add_job_sql(self) -> str:
+        return f"SELECT {self.schema}.add_job('noop', %s)"
+
+    def bulk_sql(self) -> str:
+        raise NotImplementedError
+
+    def unfinished_sql(self) -> str:
+        raise NotImplementedError
+
+    def start_worker(self, name: str, concurrency: int, **env: str) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    ready_text = ""
+
+    def wait_ready(self, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.ready_text in log.read_text(errors="replace"):
+                return time.monotonic() - started
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.name} worker exited: {log.read_text()[-2000:]}")
+            time.sleep(0.005)
+        raise RuntimeError(f"{self.name} worker not ready after {timeout}s")
+
+    def log_path(self, name: str) -> Path:
+        return self.work_dir / f"{self.name}-{name}.log"
+
+
+class Hopper(System):
+    name = "hopper"
+    schema = HOPPER_SCHEMA
+    ready_text = "started"
+
+    def __init__(self, dsn: str, work_dir: Path, completed_retention: str | None = None) -> None:
+        super().__init__(dsn, work_dir)
+        self.completed_retention = completed_retention
+
+    def install(self) -> None:
+        migrate(self.dsn, self.schema)
+        if self.completed_retention is not None:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute(
+                    f"SELECT {self.schema}.set_setting('completed_retention', %s)",
+                    [self.completed_retention],
+                )
+
+    def bulk_sql(self) -> str:
+        return (
+            f"SELECT count(*) FROM {self.schema}.add_jobs(ARRAY(SELECT ROW('noop', '{{}}', NULL,"
+            " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+            f"::{self.schema}.job_spec FROM generate_series(1, %s)))"
+        )
+
+    def unfinished_sql(self) -> str:
+        return (
+            f"SELECT count(*) FROM {self.schema}._jobs"
+            " WHERE state IN ('waiting', 'scheduled', 'pending', 'running')"
+        )
+
+    def start_worker(self, name: str, concurrency: int, **env: str) -> subprocess.Popen[bytes]:
+        log = self.log_path(name)
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "hopper", "--database-url", self.dsn, "--schema",
+                 self.schema, "worker", "--tasks", "hopper._bench_tasks:tasks",
+                 "-c", str(concurrency), "--poll-interval", "2"],
+                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+
+class GraphileWorker(System):
+    name = "graphile-worker"
+    schema = GRAPHILE_SCHEMA
+    ready_text = "Worker connected and looking for jobs"
+
+    def __init__(self, dsn: str, work_dir: Path, folder: Path, local_queue: int = 500) -> None:
+        super().__init__(dsn, work_dir)
+        self.graphile = Graphile(folder, dsn, self.schema)
+        self.local_queue = local_queue
+
+    def install(self) -> None:
+        self.graphile.install_schema()
+
+    def bulk_sql(self) -> str:
+        return (
+            f"SELECT count(*) FROM {self.schema}.add_jobs(ARRAY(SELECT ROW('noop', '{{}}',"
+            f" NULL, NULL, NULL, NULL, NULL, NULL)::{self.schema}.job_spec"
+            " FROM generate_series(1, %s)))"
+        )
+
+    def unfinished_sql(self) -> str:
+        return f"SELECT count(*) FROM {self.schema}._private_jobs"
+
+    def start_worker(self, name: str, concurrency: int, **env: str) -> subprocess.Popen[bytes]:
+        return self.graphile.start_worker(
+            concurrency, self.local_queue, 0, self.log_path(name), **env
+        )
+
+
+@contextmanager
+def running_workers(
+    system: System, processes: int, concurrency: int, **env: str
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    started = []
+    try:
+        for i in range(processes):
+            process = system.start_worker(f"w{i}", concurrency, **env)
+            started.append(process)
+            system.wait_ready(process, system.log_path(f"w{i}"))
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def scalar(dsn: str, query: str, params: list[Any] | None = None) -> Any:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query, params or []).fetchone()
+    return row[0] if row else None
+
+
+# --- workloads -------------------------------------------------------------------------
+
+
+def raw_single_inserts(dsn: str, n: int) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_raw")
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+        started = time.perf_counter()
+        for i in range(n):
+            conn.execute("INSERT INTO bench_raw (payload) VALUES (%s::jsonb)", [Json({"n": i})])
+        return n / (time.perf_counter() - started)
+
+
+def raw_insert_select(dsn: str, n: int) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_raw")
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+        started = time.perf_counter()
+        conn.execute(
+            "INSERT INTO bench_raw (payload) SELECT jsonb_build_object('n', i)"
+            " FROM generate_series(1, %s) AS i",
+            [n],
+        )
+        return n / (time.perf_counter() - started)
+
+
+def enqueue_single(system: System, n: int, producers: int) -> float:
+    system.reset()
+    per_producer = n // producers
+    barrier = threading.Barrier(producers + 1)
+    query = system.add_job_sql()
+
+    def produce() -> None:
+        with psycopg.connect(system.dsn, autocommit=True) as conn:
+            barrier.wait()
+            for i in range(per_producer):
+                conn.execute(query, [Json({"n": i})])
+
+    threads = [threading.Thread(target=produce) for _ in range(producers)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return per_producer * producers / (time.perf_counter() - started)
+
+
+def enqueue_bulk(system: System, n: int, batch: int) -> float:
+    system.reset()
+    with psycopg.connect(system.dsn, autocommit=True) as conn:
+        started = time.perf_counter()
+        for _ in range(n // batch):
+            conn.execute(system.bulk_sql(), [batch])
+        return (n // batch) * batch / (time.perf_counter() - started)
+
+
+def wait_drained(system: System, total: int, timeout: float = 600) -> float:
+    """Seconds until no job is left unfinished, printing progress."""
+    started = time.perf_counter()
+    last_report = started
+    with psycopg.connect(system.dsn, autocommit=True) as conn:
+        while True:
+            left = conn.execute(system.unfinished_sql()).fetchone()[0]
+            now = time.perf_counter()
+            if left == 0:
+                return now - started
+            if now - started > timeout:
+                raise RuntimeError(f"{system.name}: {left} jobs left after {timeout}s")
+            if now - last_report > 5:
+                say(f"  ... {total - left}/{total} done")
+                last_report = now
+            time.sleep(0.05)
+
+
+def process(system: System, n: int, processes: int, concurrency: int) -> float:
+    system.reset()
+    with running_workers(system, processes, concurrency):
+        time.sleep(0.5)
+        scalar(system.dsn, system.bulk_sql(), [n])
+        took = wait_drained(system, n)
+    return n / took
+
+
+def latency(system: System, n: int, gap: float) -> dict[str, float]:
+    system.reset()
+    record = system.work_dir / f"{system.name}-latency.txt"
+    record.write_text("")
+    added: dict[int, float] = {}
+    env = {"HOPPER_BENCH_LATENCY_FILE": str(record), "GW_LATENCY_FILE": str(record)}
+    with running_workers(system, 1, 4, **env), psycopg.connect(system.dsn, autocommit=True) as conn:
+        query = system.add_job_sql().replace("'noop'", "'latency'")
+        time.sleep(1)
+        for i in range(n):
+            added[i] = time.time()
+            conn.execute(query, [Json({"n": i})])
+            time.sleep(gap)
+        deadline = time.monotonic() + 30
+        while len(record.read_text().splitlines()) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    starts = dict(line.split() for line in record.read_text().splitlines())
+    delays = sorted((float(starts[str(i)]) - added[i]) * 1000 for i in added if str(i) in starts)
+    if len(delays) < n:
+        raise RuntimeError(f"{system.name}: only {len(delays)} of {n} latency jobs ran")
+    return {
+        "p50": percentile(delays, 50),
+        "p95": percentile(delays, 95),
+        "p99": percentile(delays, 99),
+        "max": delays[-1],
+    }
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    index = min(len(sorted_values) - 1, round(p / 100 * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+def depth(dsn: str, filler: int, measured: int, kind: str) -> float:
+    """claim+complete throughput (batches of 10, one connection) with filler jobs present."""
+    system = Hopper(dsn, Path(tempfile.gettempdir()))
+    system.reset()
+    s = HOPPER_SCHEMA
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if kind == "pending":
+            conn.execute(
+                f"INSERT INTO {s}._jobs (task_identifier, state, priority)"
+                " SELECT 'filler', 'pending', 100 FROM generate_series(1, %s)",
+                [filler],
+            )
+        elif kind == "finished":
+            conn.execute(
+                f"INSERT INTO {s}._jobs (task_identifier, state, finished_at)"
+                " SELECT 'filler', 'completed', now() FROM generate_series(1, %s)",
+                [filler],
+            )
+        conn.execute(f"VACUUM ANALYZE {s}._jobs")
+        conn.execute(system.bulk_sql(), [measured])
+        claim = f"SELECT array_agg(id) FROM {s}.get_jobs('bench', ARRAY['noop'], 10)"
+        complete = f"SELECT count(*) FROM {s}.complete_claimed_jobs('bench', %s)"
+        started = time.perf_counter()
+        done = 0
+        while done < measured:
+            (ids,) = conn.execute(claim).fetchone()
+            if not ids:
+                break
+            conn.execute(complete, [ids])
+            done += len(ids)
+        return done / (time.perf_counter() - started)
+
+
+def startup(system: Hopper) -> dict[str, float]:
+    system.reset()
+    times, memory = [], []
+    for i in range(3):
+        log = system.log_path(f"startup{i}")
+        spawned = time.monotonic()
+        process = system.start_worker(f"startup{i}", 8)
+        try:
+            system.wait_ready(process, log)
+            times.append((time.monotonic() - spawned) * 1000)
+            memory.append(resident_mb(process.pid))
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+    return {"ready_ms": statistics.median(times), "rss_mb": statistics.median(memory)}
+
+
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class Run:
+    def __init__(self, dsn: str, sizes: Sizes, repeat: int, compare: bool, cache: Path) -> None:
+        self.dsn = dsn
+        self.sizes = sizes
+        self.repeat = repeat
+        self.figures: list[Figure] = []
+        self.notes: list[str] = []
+        self.work_dir = Path(tempfile.mkdtemp(prefix="hopper-bench-"))
+        self.graphile_folder: Path | None = None
+        if compare:
+            try:
+                say("installing graphile-worker from the npm registry (cached) ...")
+                self.graphile_folder = install(cache)
+            except GraphileUnavailable as error:
+                self.notes.append(str(error))
+                say(str(error))
+
+    def hopper(self, retention: str | None = None) -> Hopper:
+        return Hopper(self.dsn, self.work_dir, retention)
+
+    def graphile(self) -> GraphileWorker | None:
+        if self.graphile_folder is None:
+            return None
+        return GraphileWorker(self.dsn, self.work_dir, self.graphile_folder)
+
+    def median(self, measure: Callable[[], float]) -> float:
+        return statistics.median(measure() for _ in range(self.repeat))
+
+    def add(self, workload: str, system: str, variant: str, value: float, unit: str,
+            **extra: Any) -> None:  # fmt: skip
+        figure = Figure(workload, system, variant, round(value, 2), unit, extra)
+        self.figures.append(figure)
+        say(f"  {workload:<15} {system:<16} {variant:<34} {value:>12,.1f} {unit}")
+
+    def systems(self) -> list[System]:
+        graphile = self.graphile()
+        return [self.hopper(), *([graphile] if graphile else [])]
+
+    def enqueue_single(self) -> None:
+        n = self.sizes.single
+        self.add("enqueue-single", "postgresql", "raw single-row INSERT",
+                 self.median(lambda: raw_single_inserts(self.dsn, n)), "rows/s")  # fmt: skip
+        for system in self.systems():
+            for producers in (1, 8):
+                value = self.median(lambda s=system, p=producers: enqueue_single(s, n, p))
+                self.add("enqueue-single", system.name, f"{producers} producer(s)", value, "jobs/s")
+
+    def enqueue_bulk(self) -> None:
+        n = self.sizes.bulk
+        self.add("enqueue-bulk", "postgresql", "raw INSERT ... SELECT",
+                 self.median(lambda: raw_insert_select(self.dsn, n)), "rows/s")  # fmt: skip
+        for system in self.systems():
+            for batch in (n, 1000):
+                value = self.median(lambda s=system, b=batch: enqueue_bulk(s, n, b))
+                self.add("enqueue-bulk", system.name, f"batches of {batch:,}", value, "jobs/s")
+
+    def process(self) -> None:
+        n = self.sizes.process
+        configurations: list[tuple[System, str, int, int]] = [
+            (self.hopper(), "retention 1 day", 1, 64),
+            (self.hopper(), "retention 1 day", 2, 64),
+            (self.hopper("0"), "retention 0", 1, 64),
+            (self.hopper("0"), "retention 0", 2, 64),
+        ]
+        graphile = self.graphile()
+        if graphile is not None:
+            configurations += [(graphile, "local queue 500, batched", 1, 24),
+                               (graphile, "local queue 500, batched", 2, 24)]  # fmt: skip
+        for system, label, processes, concurrency in configurations:
+            variant = f"{processes} x {concurrency}, {label}"
+            value = self.median(lambda s=system, p=processes, c=concurrency: process(s, n, p, c))
+            self.add("process", system.name, variant, value, "jobs/s")
+
+    def latency(self) -> None:
+        for system in self.systems():
+            result = latency(system, self.sizes.latency, 0.01)
+            self.add("latency", system.name, "add -> start p50", result["p50"], "ms", **result)
+
+    def depth(self) -> None:
+        for kind in ("empty", "pending", "finished"):
+            filler = 0 if kind == "empty" else self.sizes.depth_filler
+            value = self.median(
+                lambda k=kind, f=filler: depth(self.dsn, f, self.sizes.depth_measured, k)
+            )
+            self.add("depth", "hopper", f"{filler:,} {kind if filler else 'jobs'}", value, "jobs/s")
+
+    def startup(self) -> None:
+        result = startup(self.hopper())
+        self.add("startup", "hopper", "start -> ready", result["ready_ms"], "ms", **result)
+        self.add("startup", "hopper", "resident memory", result["rss_mb"], "MB")
+
+
+def environment(dsn: str) -> dict[str, Any]:
+    with psycopg.connect(dsn) as conn:
+        settings = {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]
+            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
+        }
+        version = conn.execute("SELECT version()").fetchone()[0]
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    memory = next(
+        (int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+         if line.startswith("MemTotal")), 0,
+    )  # fmt: skip
+    return {
+        "hardware": {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": memory},
+        "postgresql": {"version": version, **settings},
+        "python": sys.version.split()[0],
+    }
+
+
+def ratios(figures: list[Figure]) -> list[dict[str, Any]]:
+    """hopper / graphile-worker per workload, and against the raw PostgreSQL ceilings."""
+
+    def best(workload: str, system: str, match: str = "") -> float | None:
+        values = [
+            f.value
+            for f in figures
+            if f.workload == workload and f.system == system and match in f.variant
+        ]
+        if not values:
+            return None
+        return min(values) if workload == "latency" else max(values)
+
+    pairs = [
+        ("process", "best configuration", "", ""),
+        ("enqueue-bulk", "one call", "batches of 1", ""),
+        ("enqueue-single", "one producer", "1 producer", ""),
+        ("latency", "p50 (lower is better)", "", ""),
+    ]
+    out = []
+    for workload, label, match, _ in pairs:
+        hop, gw = best(workload, "hopper", match), best(workload, "graphile-worker", match)
+        if hop and gw:
+            value = gw / hop if workload == "latency" else hop / gw
+            out.append({"workload": workload, "what": f"hopper / graphile-worker, {label}",
+                        "ratio": round(value, 2)})  # fmt: skip
+    for workload, match, raw_variant in (
+        ("enqueue-single", "1 producer", "raw single-row INSERT"),
+        ("enqueue-bulk", "batches of 1", "raw INSERT ... SELECT"),
+    ):
+        hop = best(workload, "hopper", match)
+        raw = next((f.value for f in figures if f.variant == raw_variant), None)
+        if hop and raw:
+            out.append({"workload": workload, "what": f"hopper / {raw_variant}",
+                        "ratio": round(hop / raw, 2)})  # fmt: skip
+    depth = {f.variant.split()[-1]: f.value for f in figures if f.workload == "depth"}
+    for kind in ("pending", "finished"):
+        if kind in depth and "jobs" in depth:
+            out.append({"workload": "depth", "what": f"{kind} / empty table",
+                        "ratio": round(depth[kind] / depth["jobs"], 2)})  # fmt: skip
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    env = report["environment"]
+    print(f"\nhopper bench, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"  {env['hardware']['cpu']}, {env['hardware']['cores']} cores, "
+          f"{env['hardware']['memory_mb']:,} MB; Python {env['python']}")  # fmt: skip
+    pg = env["postgresql"]
+    print(
+        f"  {pg['version'].split(',')[0]}; fsync={pg['fsync']}, synchronous_commit="
+        f"{pg['synchronous_commit']}, shared_buffers={pg['shared_buffers']}\n"
+    )
+    print(f"{'workload':<15} {'system':<16} {'variant':<34} {'value':>12}  unit")
+    for f in report["results"]:
+        extra = ""
+        if f["workload"] == "latency":
+            extra = "  (p95 {p95:.1f}, p99 {p99:.1f}, max {max:.1f} ms)".format(**f["extra"])
+        print(f"{f['workload']:<15} {f['system']:<16} {f['variant']:<34} {f['value']:>12,.1f}"
+              f"  {f['unit']}{extra}")  # fmt: skip
+    if report["ratios"]:
+        print()
+        for r in report["ratios"]:
+            print(f"{r['workload']:<15} {r['what']:<52} {r['ratio']:>6.2f}x")
+    for note in report["notes"]:
+        print(f"note: {note}")
+
+
+def run_bench(
+    dsn: str | None,
+    output: Path | None,
+    workloads: list[str],
+    quick: bool,
+    repeat: int,
+    compare: str | None,
+) -> dict[str, Any]:
+    from hopper._embedded import EmbeddedPostgres
+
+    server = None
+    if dsn is None:
+        say("starting a throwaway PostgreSQL (fsync and synchronous_commit on) ...")
+        server = EmbeddedPostgres(
+            {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+        ).start()
+        dsn = server.dsn
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hopper-bench"
+        run = Run(dsn, Sizes.quick() if quick else Sizes(), repeat, compare == "graphile-worker",
+                  cache)  # fmt: skip
+        for workload in workloads:
+            say(f"{workload} ...")
+            getattr(run, workload.replace("-", "_"))()
+        report = {
+            "environment": environment(dsn),
+            "sizes": asdict(run.sizes),
+            "repeat": repeat,
+            "results": [asdict(f) for f in run.figures],
+            "ratios": ratios(run.figures),
+            "notes": run.notes,
+        }
+    finally:
+        if server is not None:
+            server.stop()
+    print_report(report)
+    if output is not None:
+        output.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {output}")
+    return report
