@@ -220,8 +220,10 @@ CREATE OR REPLACE FUNCTION hopper.add_job(
 ) RETURNS hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
     spec hopper.job_spec := ROW(
@@ -257,8 +259,10 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
@@ -287,8 +291,10 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);

@@ -204,8 +204,10 @@ CREATE OR REPLACE FUNCTION hopper.get_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('get_jobs', worker_id);
@@ -251,8 +253,10 @@ CREATE OR REPLACE FUNCTION hopper.get_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
     record_out hopper.jobs;
@@ -271,8 +275,10 @@ CREATE OR REPLACE FUNCTION hopper.release_jobs(worker_id text, job_ids bigint[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
     released hopper._jobs[];

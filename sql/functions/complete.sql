@@ -85,8 +85,10 @@ CREATE OR REPLACE FUNCTION hopper.complete_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
     completed hopper.jobs;
@@ -106,8 +108,10 @@ CREATE OR REPLACE FUNCTION hopper.complete_claimed_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('complete_claimed_jobs', worker_id);

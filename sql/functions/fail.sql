@@ -152,8 +152,10 @@ CREATE OR REPLACE FUNCTION hopper.fail_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 DECLARE
     failed hopper.jobs;
@@ -180,8 +182,10 @@ CREATE OR REPLACE FUNCTION hopper.fail_claimed_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call
+-- plans are cached once per session, not re-planned per call; a generic
+-- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
+SET jit = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('fail_claimed_jobs', worker_id);
