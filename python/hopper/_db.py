@@ -58,8 +58,8 @@ class Database:
             await self._pool.close()
             self._pool = None
 
-    def call(self, function: str, arguments: str) -> sql.Composed:
-        return sql.SQL("SELECT * FROM {}.{}(" + arguments + ")").format(
+    def call(self, function: str, arguments: str, columns: str = "*") -> sql.Composed:
+        return sql.SQL("SELECT " + columns + " FROM {}.{}(" + arguments + ")").format(
             sql.Identifier(self.schema), sql.Identifier(function)
         )
 
@@ -91,14 +91,15 @@ class Database:
         return [Job.from_row(row) for row in rows]
 
     async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> None:
-        query = self.call("complete_claimed_jobs", "%s, %s, %s::jsonb[]")
+        # the worker needs no rows back: counting saves parsing every job again
+        query = self.call("complete_claimed_jobs", "%s, %s, %s::jsonb[]", "count(*)")
         await self.rows(
             query,
             [worker_id, [o.job_id for o in outcomes], [o.result_json for o in outcomes]],
         )
 
     async def fail(self, worker_id: str, outcomes: Sequence[Failed], permanent: bool) -> None:
-        query = self.call("fail_claimed_jobs", "%s, %s, %s, %s::jsonb[], %s")
+        query = self.call("fail_claimed_jobs", "%s, %s, %s, %s::jsonb[], %s", "count(*)")
         replacements = [
             json.dumps(o.replacement_payload) if o.replacement_payload is not None else None
             for o in outcomes

@@ -70,8 +70,11 @@ class Job:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
-        values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
+        values = {name: row.get(name) for name in _JOB_FIELDS}
         values["state"] = JobState(values["state"])
         if values["outcome"] is not None:
             values["outcome"] = Outcome(values["outcome"])
         return cls(**values)
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))

@@ -10,10 +10,12 @@ AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
+    -- id = any(...) keeps the scan on the primary key whatever a generic plan
+    -- guesses about the arrays
     SELECT j.id, r.result
-    FROM unnest(job_ids, results) AS r (id, result)
-    INNER JOIN hopper._jobs AS j ON r.id = j.id
-    WHERE CASE
+    FROM hopper._jobs AS j
+    INNER JOIN unnest(job_ids, results) AS r (id, result) ON j.id = r.id
+    WHERE j.id = any(job_ids) AND CASE
         WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
         ELSE j.state = 'running' AND j.locked_by = owner
     END

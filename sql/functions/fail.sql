@@ -99,10 +99,12 @@ BEGIN
             coalesce(retry_at, now() + hopper._backoff(
                 j.backoff, j.backoff_delay, j.backoff_max, j.attempts
             )) AS next_run_at
-        FROM unnest(job_ids, error_messages, replacement_payloads)
-            AS i (id, message, replacement)
-        INNER JOIN hopper._jobs AS j ON i.id = j.id
-        WHERE j.state = 'running' AND (owner IS NULL OR j.locked_by = owner)
+        FROM hopper._jobs AS j
+        INNER JOIN unnest(job_ids, error_messages, replacement_payloads)
+            AS i (id, message, replacement) ON j.id = i.id
+        WHERE
+            j.id = any(job_ids) AND j.state = 'running'
+            AND (owner IS NULL OR j.locked_by = owner)
         FOR UPDATE OF j
     ),
 
