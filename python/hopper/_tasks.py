@@ -10,7 +10,7 @@ import logging
 import threading
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -87,10 +87,18 @@ class JobContext:
     job: Job
     worker_id: str
     logger: logging.LoggerAdapter
-    cancelled: threading.Event = field(default_factory=threading.Event)
     completed_in_transaction: bool = False
     _report_progress: Callable[[int], None] = lambda _: None
     _transactions: Callable[[JobContext, Any], Any] | None = None
+    _cancelled: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the job is cancelled, times out or the worker stops; a sync handler
+        can poll it. Created on first use: most jobs never look."""
+        if self._cancelled is None:
+            self._cancelled = threading.Event()
+        return self._cancelled
 
     def set_progress(self, percent: int) -> None:
         """Record how far the job is (0-100); sent without blocking the handler."""

@@ -25,10 +25,6 @@ ALTER TABLE hopper._workers SET (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- rescue and unregister_worker find a worker's jobs without a scan
-CREATE INDEX jobs_running_locked_by ON hopper._jobs (locked_by)
-WHERE state = 'running';
-
 -- A worker claims only the tasks it knows: one ordered range per task, so
 -- pending jobs of other tasks cost it nothing.
 CREATE INDEX jobs_pending_by_task ON hopper._jobs (task_identifier, priority, run_at, id)
