@@ -1,28 +1,5 @@
 -- Completing jobs (SPEC.md 4.2) and the admin complete_jobs (4.5).
 
--- Locks the jobs _complete may complete and pairs each with its result.
-CREATE OR REPLACE FUNCTION hopper._lock_completable(
-    job_ids bigint[], results jsonb[], owner text
-) RETURNS TABLE (id bigint, result jsonb)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    RETURN QUERY
-    -- id = any(...) keeps the scan on the primary key whatever a generic plan
-    -- guesses about the arrays
-    SELECT j.id, r.result
-    FROM hopper._jobs AS j
-    INNER JOIN unnest(job_ids, results) AS r (id, result) ON j.id = r.id
-    WHERE j.id = any(job_ids) AND CASE
-        WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
-        ELSE j.state = 'running' AND j.locked_by = owner
-    END
-    FOR UPDATE OF j;
-END
-$$;
-
 -- Completes the given jobs and returns them as completed. With owner, only
 -- jobs that owner currently holds (the fence: a stale worker changes
 -- nothing); without, only active jobs nobody holds. With completed_retention
@@ -36,15 +13,20 @@ AS $$
 DECLARE
     done hopper._jobs[];
 BEGIN
+    -- No separate SELECT ... FOR UPDATE: the UPDATE (or DELETE) re-checks its
+    -- WHERE on the row it locks, which is the fence, and locking first would
+    -- write every row twice. id = any(...) keeps it on the primary key.
     IF hopper._setting('completed_retention')::interval = interval '0' THEN
-        WITH target AS (
-            SELECT * FROM hopper._lock_completable(job_ids, results, owner)
-        ),
-
-        gone AS (
-            DELETE FROM hopper._jobs AS j USING target AS t
-            WHERE j.id = t.id
-            RETURNING j AS job, t.result
+        WITH gone AS (
+            DELETE FROM hopper._jobs AS j
+            USING unnest(job_ids, results) AS r (id, result)
+            WHERE
+                j.id = r.id AND j.id = any(job_ids)
+                AND CASE
+                    WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
+                    ELSE j.state = 'running' AND j.locked_by = owner
+                END
+            RETURNING j AS job, r.result
         )
 
         SELECT array_agg(jsonb_populate_record(g.job, jsonb_build_object(
@@ -54,20 +36,21 @@ BEGIN
         INTO done
         FROM gone AS g;
     ELSE
-        WITH target AS (
-            SELECT * FROM hopper._lock_completable(job_ids, results, owner)
-        ),
-
-        completed AS (
+        WITH completed AS (
             UPDATE hopper._jobs AS j SET
                 state = 'completed',
-                result = t.result,
+                result = r.result,
                 locked_at = NULL,
                 locked_by = NULL,
                 finished_at = now(),
                 updated_at = now()
-            FROM target AS t
-            WHERE j.id = t.id
+            FROM unnest(job_ids, results) AS r (id, result)
+            WHERE
+                j.id = r.id AND j.id = any(job_ids)
+                AND CASE
+                    WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
+                    ELSE j.state = 'running' AND j.locked_by = owner
+                END
             RETURNING j.*
         )
 
