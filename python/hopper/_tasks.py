@@ -164,7 +164,8 @@ class Settled:
     job_id: int
 
 
-Outcome = Completed | Failed | Settled
+# what the worker reports about one job (not hopper.Outcome, add_job's result)
+Report = Completed | Failed | Settled
 
 
 class PermanentFailure(Exception):
@@ -206,7 +207,7 @@ def run_in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
     return future
 
 
-async def run_handler(task: Task, job: Job, context: JobContext) -> Outcome:
+async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
     """Runs one handler with its timeout and turns what happened into an outcome."""
     try:
         payload: Any = job.payload
@@ -256,7 +257,7 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _outcome_of_result(job: Job, result: Any) -> Outcome:
+def _outcome_of_result(job: Job, result: Any) -> Report:
     if (
         isinstance(job.payload, list)
         and isinstance(result, list)

@@ -21,8 +21,7 @@ from hopper._tasks import (
     Completed,
     Failed,
     JobContext,
-    Outcome,
-    Settled,
+    Report,
     Task,
     TaskRegistry,
     job_logger,
@@ -83,7 +82,7 @@ class Worker:
         self.db = Database(dsn_or_conn, schema, pool_size=3)
         self.listen = listen and self.db.dsn is not None
         self._running: dict[int, _Running] = {}
-        self._outcomes: list[Outcome] = []
+        self._outcomes: list[Report] = []
         self._progress: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._reported = asyncio.Event()
@@ -298,7 +297,8 @@ class Worker:
                     return
                 await self._sleep_after_failure("reporting outcomes", error, failures)
 
-    async def _send(self, outcomes: list[Outcome], progress: dict[int, int]) -> None:
+    async def _send(self, outcomes: list[Report], progress: dict[int, int]) -> None:
+        """Sends progress, completions and failures; Settled jobs need nothing."""
         completed = [o for o in outcomes if isinstance(o, Completed)]
         failed = [o for o in outcomes if isinstance(o, Failed) and not o.permanent]
         doomed = [o for o in outcomes if isinstance(o, Failed) and o.permanent]
@@ -310,7 +310,6 @@ class Worker:
             await self.db.fail(self.worker_id, failed, permanent=False)
         if doomed:
             await self.db.fail(self.worker_id, doomed, permanent=True)
-        assert all(isinstance(o, Completed | Failed | Settled) for o in outcomes)
 
     # --- shutting down -------------------------------------------------------------
 

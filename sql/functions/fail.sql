@@ -86,6 +86,8 @@ AS $$
 DECLARE
     changed hopper._jobs[];
 BEGIN
+    -- Unlike completion, the outcome is computed from the row (attempts, a
+    -- cancel request that may arrive meanwhile), so lock it before reading.
     WITH attempt AS (
         SELECT
             j.id,
