@@ -57,7 +57,17 @@ def test_job_exists_only_if_transaction_commits(dsn):
     assert rows == [("committed",)]
 
 
+def wait_for_jobs(conn, worker_id: str = "idle") -> None:
+    """A registered worker whose claim came up short: it now waits for a NOTIFY."""
+    conn.execute("SELECT hopper.register_worker(%s)", [worker_id])
+    assert conn.execute("SELECT * FROM hopper.get_jobs(%s, ARRAY['nothing'])", [worker_id])
+    assert conn.execute(
+        "SELECT waiting FROM hopper._workers WHERE id = %s", [worker_id]
+    ).fetchone() == {"waiting": True}
+
+
 def test_one_notification_per_runnable_add_and_none_for_future_jobs(conn, connect):
+    wait_for_jobs(conn)
     listener = connect()
     listener.execute("LISTEN hopper_jobs")
     add_job(conn, "later", run_at=conn.execute("SELECT now() + '1 hour' AS t").fetchone()["t"])
@@ -65,6 +75,34 @@ def test_one_notification_per_runnable_add_and_none_for_future_jobs(conn, connec
     add_job(conn, "now")
     got = list(listener.notifies(timeout=0.3))
     assert [n.channel for n in got] == ["hopper_jobs"]
+
+
+def test_no_notification_while_no_worker_waits(conn, connect):
+    listener = connect()
+    listener.execute("LISTEN hopper_jobs")
+    add_job(conn, "nobody waits")
+    assert list(listener.notifies(timeout=0.3)) == []
+    conn.execute("SELECT hopper.register_worker('busy')")
+    add_job(conn, "second")
+    # a claim that fills its batch means the worker comes back by itself
+    assert len(conn.execute("SELECT * FROM hopper.get_jobs('busy', NULL, 2)").fetchall()) == 2
+    add_job(conn, "third")
+    assert list(listener.notifies(timeout=0.3)) == []
+    # a short claim makes it wait; from then on producers notify
+    assert len(conn.execute("SELECT * FROM hopper.get_jobs('busy', NULL, 2)").fetchall()) == 1
+    add_job(conn, "fourth")
+    assert len(list(listener.notifies(timeout=0.3))) == 1
+    conn.execute("SELECT hopper.unregister_worker('busy')")
+    add_job(conn, "fifth")
+    assert list(listener.notifies(timeout=0.3)) == []
+
+
+def test_setting_notify_always_notifies_without_waiting_workers(conn, connect):
+    listener = connect()
+    listener.execute("LISTEN hopper_jobs")
+    conn.execute("SELECT hopper.set_setting('notify', 'always')")
+    add_job(conn, "t")
+    assert len(list(listener.notifies(timeout=0.3))) == 1
 
 
 # --- replace (the default) ---------------------------------------------------

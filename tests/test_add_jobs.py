@@ -71,6 +71,7 @@ def test_empty_input_returns_no_rows(conn):
 
 
 def test_batch_of_many_sends_one_notification(conn, connect):
+    conn.execute("SELECT hopper.set_setting('notify', 'always')")
     listener = connect()
     listener.execute("LISTEN hopper_jobs")
     call(conn, "add_jobs", Jsonb([{"identifier": "t"}] * 500))

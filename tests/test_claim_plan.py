@@ -95,8 +95,8 @@ def test_claim_cost_does_not_grow_with_finished_future_locked_or_foreign_jobs(co
     )
     print(f"\nbuffers touched by one claim ({tasks}): empty table {empty}, full {full}")
     # A walk over the 200,000 other jobs would touch thousands of pages; what
-    # grows is only the depth of the b-trees the claimed rows are looked up and
-    # re-indexed in (logarithmic).
-    assert full <= 2 * empty, (empty, full)
+    # grows is only the depth of the b-trees the claimed rows are looked up
+    # (three times: lock, update, read back) and re-indexed in (logarithmic).
+    assert full <= 2.5 * empty, (empty, full)
     if tasks is None:
         print("candidate walk with 100,000 finished and 100,000 future jobs:\n" + candidate_plan)

@@ -131,6 +131,8 @@ def test_two_schemas_in_one_database_are_independent(empty_dsn):
     migrate(empty_dsn, "queue_a")
     migrate(empty_dsn, "queue_b")
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        for schema in ("queue_a", "queue_b"):
+            conn.execute(f"SELECT {schema}.set_setting('notify', 'always')")
         conn.execute("LISTEN queue_b_jobs")
         conn.execute("SELECT queue_a.add_job('a_task')")
         conn.execute("SELECT queue_b.add_job('b_task')")

@@ -34,6 +34,7 @@ def test_every_function_is_pinned_definer_and_revoked_from_public(conn):
             "search_path=pg_catalog, pg_temp",
             "plan_cache_mode=force_generic_plan",
             "jit=off",
+            "enable_seqscan=off",
         }, function["proname"]
         assert not function["public_can_execute"], function["proname"]
 

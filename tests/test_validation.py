@@ -121,6 +121,7 @@ def test_add_jobs_batch_larger_than_max_batch_size_is_rejected(conn):
         ("set_setting", ["max_batch_size", "ten"], "22023", "must be a positive integer"),
         ("set_setting", ["failed_retention", "-1 day"], "22023", "non-negative interval"),
         ("set_setting", ["failed_retention", "soon"], "22023", "non-negative interval"),
+        ("set_setting", ["notify", "never"], "22023", "notify must be when_waiting or always"),
         ("get_setting", ["nope"], "22023", 'get_setting: name "nope" is not a setting'),
         ("prune", ["-1 day"], "22023", "prune: older_than must not be negative"),
         ("add_jobs", [Jsonb({"a": 1})], "22023", "add_jobs: specs must be a JSON array"),

@@ -13,10 +13,30 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from hopper._records import Job
+from hopper._records import JOB_COLUMNS, Job
 from hopper._tasks import Completed, Failed, JobContext, JobLost
+
+_json_decoder = json.JSONDecoder()
+
+
+def _loads(data: bytes | memoryview) -> Any:
+    # json.loads(bytes) first sniffs the encoding; PostgreSQL sends UTF-8
+    return _json_decoder.decode(str(data, "utf-8"))
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    set_json_loads(_loads, conn)
+
+
+def _job_rows(cursor: Any) -> Any:
+    """Builds Jobs straight from rows of hopper.jobs, without a dict per row."""
+    names = tuple(column.name for column in cursor.description or ())
+    if names != JOB_COLUMNS[: len(names)]:
+        raise RuntimeError(f"unexpected columns from hopper.jobs: {names}")
+    return Job.from_values
 
 
 class Database:
@@ -44,6 +64,7 @@ class Database:
                 min_size=1,
                 max_size=self._pool_size,
                 kwargs={"autocommit": True, "application_name": "hopper-worker"},
+                configure=_configure,
                 open=False,
             )
             await self._pool.open(wait=True, timeout=30)
@@ -63,39 +84,41 @@ class Database:
             sql.Identifier(self.schema), sql.Identifier(function)
         )
 
-    async def rows(self, query: sql.Composed, params: Sequence[Any]) -> list[dict[str, Any]]:
+    async def rows(
+        self, query: sql.Composed, params: Sequence[Any], row_factory: Any = dict_row
+    ) -> list[Any]:
         if self._pool is not None:
-            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            async with self._pool.connection() as conn, conn.cursor(row_factory=row_factory) as cur:
                 await cur.execute(query, params)
                 return await cur.fetchall()
         async with self._lock:
             if isinstance(self._conn, psycopg.AsyncConnection):
-                async with self._conn.cursor(row_factory=dict_row) as cur:
+                async with self._conn.cursor(row_factory=row_factory) as cur:
                     await cur.execute(query, params)
                     return await cur.fetchall()
             assert isinstance(self._conn, psycopg.Connection)
-            return await asyncio.to_thread(self._sync_rows, self._conn, query, params)
+            return await asyncio.to_thread(self._sync_rows, self._conn, query, params, row_factory)
 
     @staticmethod
     def _sync_rows(
-        conn: psycopg.Connection, query: sql.Composed, params: Sequence[Any]
-    ) -> list[dict[str, Any]]:
-        with conn.cursor(row_factory=dict_row) as cur:
+        conn: psycopg.Connection, query: sql.Composed, params: Sequence[Any], row_factory: Any
+    ) -> list[Any]:
+        with conn.cursor(row_factory=row_factory) as cur:
             return cur.execute(query, params).fetchall()
 
     # --- hopper functions -----------------------------------------------------
 
     async def claim(self, worker_id: str, task_names: list[str], batch_size: int) -> list[Job]:
         query = self.call("get_jobs", "%s, %s, %s")
-        rows = await self.rows(query, [worker_id, task_names, batch_size])
-        return [Job.from_row(row) for row in rows]
+        return await self.rows(query, [worker_id, task_names, batch_size], _job_rows)
 
     async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> None:
         # the worker needs no rows back: counting saves parsing every job again
         query = self.call("complete_claimed_jobs", "%s, %s, %s::jsonb[]", "count(*)")
+        results = [o.result_json for o in outcomes]
         await self.rows(
             query,
-            [worker_id, [o.job_id for o in outcomes], [o.result_json for o in outcomes]],
+            [worker_id, [o.job_id for o in outcomes], None if not any(results) else results],
         )
 
     async def fail(self, worker_id: str, outcomes: Sequence[Failed], permanent: bool) -> None:

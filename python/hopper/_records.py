@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -76,5 +77,14 @@ class Job:
             values["outcome"] = Outcome(values["outcome"])
         return cls(**values)
 
+    @classmethod
+    def from_values(cls, values: Sequence[Any]) -> Job:
+        """From a row of hopper.jobs in its column order (the worker's fast path)."""
+        job = cls(*values)
+        object.__setattr__(job, "state", JobState(job.state))
+        return job
+
 
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
+# the columns of hopper.jobs, in order
+JOB_COLUMNS = _JOB_FIELDS[:-1]

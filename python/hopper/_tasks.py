@@ -86,11 +86,18 @@ class JobContext:
 
     job: Job
     worker_id: str
-    logger: logging.LoggerAdapter
     completed_in_transaction: bool = False
     _report_progress: Callable[[int], None] = lambda _: None
     _transactions: Callable[[JobContext, Any], Any] | None = None
     _cancelled: threading.Event | None = None
+    _logger: logging.LoggerAdapter | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter:
+        """Logs with the job id, task and attempt (created on first use)."""
+        if self._logger is None:
+            self._logger = job_logger(self.job)
+        return self._logger
 
     @property
     def cancelled(self) -> threading.Event:
@@ -146,7 +153,7 @@ def job_logger(job: Job) -> logging.LoggerAdapter:
 @dataclass(frozen=True)
 class Completed:
     job_id: int
-    result_json: str  # already serialised, so a bad result fails the job, not the batch
+    result_json: str | None  # serialised here, so a bad result fails the job, not the batch
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,8 @@ def _outcome_of_result(job: Job, result: Any) -> Report:
         and any(isinstance(r, BaseException) for r in result)
     ):
         return _batch_outcome(job, result)
+    if result is None:
+        return Completed(job.id, None)
     if isinstance(result, pydantic.BaseModel):
         result = result.model_dump(mode="json")
     try:

@@ -11,6 +11,7 @@ import signal
 import socket
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 import psycopg
 
@@ -24,13 +25,16 @@ from hopper._tasks import (
     Report,
     Task,
     TaskRegistry,
-    job_logger,
     run_handler,
 )
 
 logger = logging.getLogger("hopper.worker")
 
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# A worker that runs dry polls again after this, doubling up to poll_interval:
+# a job added in a transaction that began before the worker's short claim
+# made it "waiting" sends no NOTIFY (see _notify_jobs).
+FIRST_IDLE_POLL = 0.05
 CANCELLED_BY_REQUEST = "cancelled by request"
 
 
@@ -80,6 +84,8 @@ class Worker:
         self.stale_after = stale_after
         self.worker_id = worker_id or new_worker_id()
         self.db = Database(dsn_or_conn, schema, pool_size=3)
+        self._transactions = self.db.job_transaction if self.db.dsn else None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.listen = listen and self.db.dsn is not None
         self._running: dict[int, _Running] = {}
         self._outcomes: list[Report] = []
@@ -98,6 +104,7 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.db.open()
         await self._register()
         helpers = [
@@ -125,6 +132,7 @@ class Worker:
 
     async def run_once(self) -> int:
         """Run every job due now (for tests and cron-style use); returns the count."""
+        self._loop = asyncio.get_running_loop()
         await self.db.open()
         ran = 0
         try:
@@ -145,6 +153,7 @@ class Worker:
 
     async def _claim_until_stopped(self) -> None:
         failures = 0
+        idle_poll = FIRST_IDLE_POLL
         while not self._stopping:
             free = self.concurrency - len(self._running)
             got_all = False
@@ -163,10 +172,11 @@ class Worker:
                 for job in jobs:
                     self._start(job)
                 got_all = len(jobs) == free
+                idle_poll = FIRST_IDLE_POLL if jobs else idle_poll * 2
             if got_all and len(self._running) < self.concurrency:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), min(idle_poll, self.poll_interval))
 
     async def _claim(self, batch_size: int) -> list[Job]:
         return await self.db.claim(self.worker_id, self.tasks.names(), batch_size)
@@ -180,15 +190,11 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         task = self.tasks.tasks[job.task_identifier]
-        loop = asyncio.get_running_loop()
         context = JobContext(
             job=job,
             worker_id=self.worker_id,
-            logger=job_logger(job),
-            _report_progress=lambda percent: loop.call_soon_threadsafe(
-                self._note_progress, job.id, percent
-            ),
-            _transactions=self.db.job_transaction if self.db.dsn else None,
+            _report_progress=partial(self._progress_from_any_thread, job.id),
+            _transactions=self._transactions,
         )
         runner = asyncio.create_task(self._run_job(task, job, context))
         self._running[job.id] = _Running(job, runner, context)
@@ -206,6 +212,10 @@ class Worker:
             self._outcomes.append(outcome)
             self._reported.set()
         self._wake.set()
+
+    def _progress_from_any_thread(self, job_id: int, percent: int) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._note_progress, job_id, percent)
 
     def _note_progress(self, job_id: int, percent: int) -> None:
         self._progress[job_id] = percent

@@ -52,13 +52,34 @@ BEGIN
 END
 $$;
 
--- One NOTIFY per statement: callers invoke this once, never per row.
+-- One NOTIFY per statement: callers invoke this once, never per row. Sent
+-- only while a worker waits for jobs (see migration 0004): a busy worker
+-- claims again by itself, and NOTIFY would serialise producers' commits.
 CREATE OR REPLACE FUNCTION hopper._notify_jobs() RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM pg_notify('hopper_jobs', '');
+    IF
+        EXISTS (SELECT FROM hopper._workers AS w WHERE w.waiting AND w.retired_at IS NULL)
+        OR hopper._setting('notify') = 'always'
+    THEN
+        PERFORM pg_notify('hopper_jobs', '');
+    END IF;
+END
+$$;
+
+-- Records whether worker_id's claim came up short, i.e. whether it now waits
+-- for a notification. Written only on a change, so a busy worker (or an idle
+-- one) writes nothing.
+CREATE OR REPLACE FUNCTION hopper._note_waiting(worker_id text, is_waiting boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE hopper._workers AS w SET waiting = is_waiting
+    WHERE w.id = worker_id AND w.waiting IS DISTINCT FROM is_waiting;
 END
 $$;
 

@@ -220,10 +220,11 @@ CREATE OR REPLACE FUNCTION hopper.add_job(
 ) RETURNS hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 DECLARE
     spec hopper.job_spec := ROW(
@@ -259,10 +260,11 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
@@ -291,10 +293,11 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);

@@ -255,10 +255,11 @@ CREATE OR REPLACE FUNCTION hopper.set_progress(
 ) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('set_progress', worker_id);

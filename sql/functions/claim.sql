@@ -110,14 +110,15 @@ BEGIN
 END
 $$;
 
--- Marks running up to batch_size claimable jobs in claim order.
+-- Marks running up to batch_size claimable jobs in claim order; returns
+-- their ids.
 CREATE OR REPLACE FUNCTION hopper._claim(
     worker_id text,
     task_identifiers text[],
     batch_size integer,
     forbidden_flags text[],
     claim_time timestamptz
-) RETURNS SETOF hopper._jobs
+) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
@@ -127,11 +128,11 @@ DECLARE
     candidate_ids bigint[] := hopper._lock_candidates(
         task_identifiers, batch_size, forbidden_flags, claim_time
     );
+    claimed_ids bigint[];
 BEGIN
     IF cardinality(candidate_ids) = 0 THEN
-        RETURN;
+        RETURN '{}';
     END IF;
-    RETURN QUERY
     WITH candidate AS MATERIALIZED (
         SELECT j.id, j.queue_name, j.priority, j.run_at
         FROM hopper._jobs AS j
@@ -185,10 +186,11 @@ BEGIN
             updated_at = now()
         FROM chosen
         WHERE j.id = chosen.id
-        RETURNING j.*
+        RETURNING j.id
     )
 
-    SELECT * FROM claimed;
+    SELECT array_agg(c.id) INTO claimed_ids FROM claimed AS c;
+    RETURN coalesce(claimed_ids, '{}');
 END
 $$;
 
@@ -204,11 +206,14 @@ CREATE OR REPLACE FUNCTION hopper.get_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
+DECLARE
+    claimed_ids bigint[];
 BEGIN
     PERFORM hopper._check_worker_id('get_jobs', worker_id);
     PERFORM hopper._check_not_retired('get_jobs', worker_id);
@@ -233,13 +238,15 @@ BEGIN
     END IF;
     PERFORM hopper._expire_locks(get_jobs.now - job_expiry, get_jobs.now, job_expiry);
     PERFORM hopper._promote_due_jobs(get_jobs.now);
-    RETURN QUERY
-    SELECT p.*
-    FROM hopper._claim(
+    claimed_ids := hopper._claim(
         worker_id, task_identifiers, batch_size, forbidden_flags, get_jobs.now
-    ) AS c
-    CROSS JOIN LATERAL hopper._present(c) AS p
-    ORDER BY p.priority, p.run_at, p.id;
+    );
+    PERFORM hopper._note_waiting(worker_id, cardinality(claimed_ids) < batch_size);
+    -- read back through the view: cheaper per row than building each record
+    RETURN QUERY
+    SELECT v.* FROM hopper.jobs AS v
+    WHERE v.id = any(claimed_ids)
+    ORDER BY v.priority, v.run_at, v.id;
 END
 $$;
 
@@ -253,10 +260,11 @@ CREATE OR REPLACE FUNCTION hopper.get_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 DECLARE
     record_out hopper.jobs;
@@ -275,10 +283,11 @@ CREATE OR REPLACE FUNCTION hopper.release_jobs(worker_id text, job_ids bigint[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 DECLARE
     released hopper._jobs[];

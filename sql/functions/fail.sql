@@ -156,10 +156,11 @@ CREATE OR REPLACE FUNCTION hopper.fail_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 DECLARE
     failed hopper.jobs;
@@ -186,10 +187,11 @@ CREATE OR REPLACE FUNCTION hopper.fail_claimed_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('fail_claimed_jobs', worker_id);

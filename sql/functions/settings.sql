@@ -29,6 +29,7 @@ DECLARE
         WHEN 'timeout_grace' THEN 'interval'
         WHEN 'max_payload_bytes' THEN 'integer'
         WHEN 'max_batch_size' THEN 'integer'
+        WHEN 'notify' THEN 'choice'
     END;
     normalised text;
 BEGIN
@@ -37,7 +38,9 @@ BEGIN
     END IF;
     PERFORM hopper._check_required('set_setting', 'value', value IS NULL);
     BEGIN
-        IF kind = 'interval' THEN
+        IF kind = 'choice' THEN
+            normalised := CASE WHEN value IN ('when_waiting', 'always') THEN value END;
+        ELSIF kind = 'interval' THEN
             normalised := value::interval::text;
             IF value::interval < interval '0' THEN
                 normalised := NULL;
@@ -50,10 +53,11 @@ BEGIN
     END;
     IF normalised IS NULL THEN
         PERFORM hopper._raise('set_setting', '22023', format(
-            'value of %s must be a %s (got "%s")', name,
+            'value of %s must be %s (got "%s")', name,
             CASE kind
-                WHEN 'interval' THEN 'non-negative interval'
-                ELSE 'positive integer'
+                WHEN 'interval' THEN 'a non-negative interval'
+                WHEN 'choice' THEN 'when_waiting or always'
+                ELSE 'a positive integer'
             END,
             value
         ));

@@ -47,10 +47,11 @@ CREATE OR REPLACE FUNCTION hopper.heartbeat(worker_id text)
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('heartbeat', worker_id);
@@ -100,10 +101,11 @@ CREATE OR REPLACE FUNCTION hopper.rescue_stale_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call; a generic
--- plan's cost estimate can pass jit_above_cost, and JIT never pays off here
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
 SET plan_cache_mode = force_generic_plan
 SET jit = off
+SET enable_seqscan = off
 AS $$
 DECLARE
     grace interval := hopper._setting('timeout_grace')::interval;
