@@ -195,3 +195,33 @@ def test_set_progress_only_by_the_holder(conn):
     assert job(conn, job_id)["progress"] == 40
     with pytest.raises(Exception, match="progress must be between 0 and 100"):
         call(conn, "set_progress", "w1", job_id, 101)
+
+
+@pytest.mark.parametrize("retention", ["1 day", "0"])
+def test_complete_claimed_job_ids_returns_only_the_ids_it_completed(conn, retention):
+    call(conn, "set_setting", "completed_retention", retention)
+    mine = [claimed_job(conn, "w1") for _ in range(2)]
+    theirs = claimed_job(conn, "w2")
+    completed = conn.execute(
+        "SELECT hopper.complete_claimed_job_ids('w1', %s, %s::jsonb[]) AS ids",
+        [[*mine, theirs], ['{"n": 1}', None, '{"n": 3}']],
+    ).fetchone()["ids"]
+    assert sorted(completed) == sorted(mine)
+    assert job(conn, theirs)["state"] == "running"
+    if retention == "0":
+        assert conn.execute("SELECT count(*) AS n FROM hopper._jobs WHERE id = any(%s)",
+                            [mine]).fetchone()["n"] == 0  # fmt: skip
+    else:
+        assert [job(conn, i)["result"] for i in mine] == [{"n": 1}, None]
+        assert {job(conn, i)["state"] for i in mine} == {"completed"}
+    again = conn.execute("SELECT hopper.complete_claimed_job_ids('w1', %s) AS ids", [mine])
+    assert again.fetchone()["ids"] == []
+
+
+def test_complete_claimed_job_ids_frees_queue_slots(conn):
+    call(conn, "set_queue", "q", 1)
+    first = claimed_job(conn, "w1", queue_name="q")
+    add_job(conn, "t", queue_name="q")
+    assert claim(conn, "w1") == []
+    conn.execute("SELECT hopper.complete_claimed_job_ids('w1', %s)", [[first]])
+    assert len(claim(conn, "w1")) == 1

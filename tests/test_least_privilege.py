@@ -12,7 +12,8 @@ from sqlcalls import add_job, call
 PRODUCER = {"add_job", "add_jobs", "job_status"}
 WORKER = PRODUCER | {
     "register_worker", "unregister_worker", "heartbeat", "get_jobs", "get_job", "complete_job",
-    "complete_claimed_jobs", "fail_job", "fail_claimed_jobs", "release_jobs",
+    "complete_claimed_jobs", "complete_claimed_job_ids", "fail_job", "fail_claimed_jobs",
+    "release_jobs",
     "rescue_stale_jobs", "set_progress",
 }  # fmt: skip
 
@@ -28,6 +29,7 @@ OPERATIONS = {
     "get_job": "SELECT hopper.get_job('me', ARRAY['none'])",
     "complete_job": "SELECT hopper.complete_job('me', 1)",
     "complete_claimed_jobs": "SELECT hopper.complete_claimed_jobs('me', ARRAY[1]::bigint[])",
+    "complete_claimed_job_ids": "SELECT hopper.complete_claimed_job_ids('me', '{1}')",
     "fail_job": "SELECT hopper.fail_job('me', 1, 'x')",
     "fail_claimed_jobs": "SELECT hopper.fail_claimed_jobs('me', ARRAY[1]::bigint[], ARRAY['x'])",
     "release_jobs": "SELECT hopper.release_jobs('me', ARRAY[1]::bigint[])",

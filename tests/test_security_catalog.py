@@ -15,6 +15,7 @@ ORDER BY p.proname
 
 PUBLIC_API = {
     "add_job", "add_jobs", "get_jobs", "get_job", "complete_job", "complete_claimed_jobs",
+    "complete_claimed_job_ids",
     "fail_job", "fail_claimed_jobs", "complete_jobs", "permanently_fail_jobs",
     "reschedule_jobs", "remove_job", "force_unlock_workers", "job_status", "queue_stats",
     "set_queue", "prune", "get_setting", "set_setting",

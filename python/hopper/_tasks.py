@@ -31,10 +31,7 @@ class Task:
     timeout: timedelta | None = None
     payload_model: type[pydantic.BaseModel] | None = None
     takes_context: bool = True
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
+    is_async: bool = False
 
 
 class TaskRegistry:
@@ -58,6 +55,7 @@ class TaskRegistry:
                 timeout=parse_duration(timeout, "timeout") if timeout is not None else None,
                 payload_model=_payload_model(handler),
                 takes_context=len(inspect.signature(handler).parameters) >= 2,
+                is_async=inspect.iscoroutinefunction(handler),
             )
             return handler
 

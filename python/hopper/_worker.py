@@ -200,7 +200,8 @@ class Worker:
         self._running[job.id] = _Running(job, runner, context)
 
     async def _run_job(self, task: Task, job: Job, context: JobContext) -> None:
-        context.logger.debug("job started")
+        if logger.isEnabledFor(logging.DEBUG):
+            context.logger.debug("job started")
         try:
             outcome = await run_handler(task, job, context)
         except asyncio.CancelledError:

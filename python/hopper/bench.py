@@ -272,21 +272,23 @@ def enqueue_bulk(system: System, n: int, batch: int) -> float:
 
 
 def wait_drained(system: System, total: int, timeout: float = 600) -> float:
-    """Seconds until no job is left unfinished, printing progress."""
+    """Seconds until no job is left unfinished, printing progress. The frequent
+    check is an EXISTS and the count runs every 5 s only: counting a table of
+    100,000 rows 20 times a second would take CPU from the system measured."""
     started = time.perf_counter()
     last_report = started
+    any_left = f"SELECT EXISTS ({system.unfinished_sql().replace('count(*)', '1')})"
     with psycopg.connect(system.dsn, autocommit=True) as conn:
-        while True:
-            left = conn.execute(system.unfinished_sql()).fetchone()[0]
+        while conn.execute(any_left).fetchone()[0]:
             now = time.perf_counter()
-            if left == 0:
-                return now - started
             if now - started > timeout:
-                raise RuntimeError(f"{system.name}: {left} jobs left after {timeout}s")
+                raise RuntimeError(f"{system.name}: jobs left after {timeout}s")
             if now - last_report > 5:
+                left = conn.execute(system.unfinished_sql()).fetchone()[0]
                 say(f"  ... {total - left}/{total} done")
                 last_report = now
-            time.sleep(0.05)
+            time.sleep(0.02)
+        return time.perf_counter() - started
 
 
 def process(system: System, n: int, processes: int, concurrency: int) -> float:

@@ -54,23 +54,30 @@ BEGIN
 END
 $$;
 
--- Locks up to batch_size claimable jobs in claim order and returns their ids:
--- from the whole pending index when any task will do, else from one range per
--- task, merged. The queue test is only a lock-free pre-filter that skips the
--- jobs of busy or paused queues; _claim re-checks queues under lock.
+-- Locks up to batch_size claimable jobs in claim order: their ids, and
+-- whether any of them belongs to a named queue. Candidates come from the
+-- whole pending index when any task will do, else from one range per task,
+-- merged. The queue test is only a lock-free pre-filter that skips the jobs
+-- of busy or paused queues; _within_queue_limits re-checks under lock.
 CREATE OR REPLACE FUNCTION hopper._lock_candidates(
     task_identifiers text[],
     batch_size integer,
     forbidden_flags text[],
-    claim_time timestamptz
-) RETURNS bigint[]
+    claim_time timestamptz,
+    OUT ids bigint[],
+    OUT any_queue boolean
+)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF task_identifiers IS NULL THEN
-        RETURN ARRAY(
-            SELECT j.id
+        SELECT
+            array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
+            bool_or(c.queue_name IS NOT NULL)
+        INTO ids, any_queue
+        FROM (
+            SELECT j.id, j.priority, j.run_at, j.queue_name
             FROM hopper._jobs AS j
             WHERE
                 j.state = 'pending'
@@ -83,13 +90,18 @@ BEGIN
             ORDER BY j.priority, j.run_at, j.id
             LIMIT batch_size
             FOR UPDATE OF j SKIP LOCKED
-        );
+        ) AS c;
+        RETURN;
     END IF;
-    RETURN ARRAY(
-        SELECT one_task.id
+    SELECT
+        array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
+        bool_or(c.queue_name IS NOT NULL)
+    INTO ids, any_queue
+    FROM (
+        SELECT one_task.id, one_task.priority, one_task.run_at, one_task.queue_name
         FROM (SELECT DISTINCT unnest(task_identifiers) AS name) AS task
         CROSS JOIN LATERAL (
-            SELECT j.id, j.priority, j.run_at
+            SELECT j.id, j.priority, j.run_at, j.queue_name
             FROM hopper._jobs AS j
             WHERE
                 j.task_identifier = task.name
@@ -106,33 +118,20 @@ BEGIN
         ) AS one_task
         ORDER BY one_task.priority, one_task.run_at, one_task.id
         LIMIT batch_size
-    );
+    ) AS c;
 END
 $$;
 
--- Marks running up to batch_size claimable jobs in claim order; returns
--- their ids.
-CREATE OR REPLACE FUNCTION hopper._claim(
-    worker_id text,
-    task_identifiers text[],
-    batch_size integer,
-    forbidden_flags text[],
-    claim_time timestamptz
-) RETURNS bigint[]
+-- Of the locked candidates, the ids a batch may take: no more jobs of a
+-- named queue than it has free slots, which it takes (queue.running grows).
+CREATE OR REPLACE FUNCTION hopper._within_queue_limits(candidate_ids bigint[])
+RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
 AS $$
-#variable_conflict use_column
 DECLARE
-    candidate_ids bigint[] := hopper._lock_candidates(
-        task_identifiers, batch_size, forbidden_flags, claim_time
-    );
-    claimed_ids bigint[];
+    chosen_ids bigint[];
 BEGIN
-    IF cardinality(candidate_ids) = 0 THEN
-        RETURN '{}';
-    END IF;
     WITH candidate AS MATERIALIZED (
         SELECT j.id, j.queue_name, j.priority, j.run_at
         FROM hopper._jobs AS j
@@ -150,7 +149,6 @@ BEGIN
         FOR UPDATE OF q SKIP LOCKED
     ),
 
-    -- A batch takes no more jobs of a queue than the queue has free slots.
     chosen AS MATERIALIZED (
         SELECT ranked.id, ranked.queue_name
         FROM (
@@ -174,9 +172,43 @@ BEGIN
             GROUP BY ch.queue_name
         ) AS t
         WHERE q.name = t.queue_name
-    ),
+    )
 
-    claimed AS (
+    SELECT array_agg(ch.id) INTO chosen_ids FROM chosen AS ch;
+    RETURN chosen_ids;
+END
+$$;
+
+-- Marks running up to batch_size claimable jobs in claim order; returns
+-- their ids.
+CREATE OR REPLACE FUNCTION hopper._claim(
+    worker_id text,
+    task_identifiers text[],
+    batch_size integer,
+    forbidden_flags text[],
+    claim_time timestamptz
+) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    candidate_ids bigint[];
+    any_queue boolean;
+    claimed_ids bigint[];
+BEGIN
+    SELECT c.ids, c.any_queue INTO candidate_ids, any_queue
+    FROM hopper._lock_candidates(
+        task_identifiers, batch_size, forbidden_flags, claim_time
+    ) AS c;
+    IF candidate_ids IS NULL THEN
+        RETURN '{}';
+    END IF;
+    IF any_queue THEN
+        candidate_ids := hopper._within_queue_limits(candidate_ids);
+    END IF;
+    WITH claimed AS (
         UPDATE hopper._jobs AS j SET
             state = 'running',
             locked_at = claim_time,
@@ -184,8 +216,7 @@ BEGIN
             attempts = j.attempts + 1,
             started_at = coalesce(j.started_at, claim_time),
             updated_at = now()
-        FROM chosen
-        WHERE j.id = chosen.id
+        WHERE j.id = any(candidate_ids)
         RETURNING j.id
     )
 

@@ -1,23 +1,35 @@
 -- Completing jobs (SPEC.md 4.2) and the admin complete_jobs (4.5).
 
--- Completes the given jobs and returns them as completed. With owner, only
--- jobs that owner currently holds (the fence: a stale worker changes
--- nothing); without, only active jobs nobody holds. With completed_retention
--- 0 the rows are deleted instead of kept.
-CREATE OR REPLACE FUNCTION hopper._complete(
-    job_ids bigint[], results jsonb[], owner text
-) RETURNS SETOF hopper.jobs
+-- Completes the given jobs and returns the ids it completed. With
+-- completed_retention 0 the rows are deleted instead, and with with_rows
+-- gone holds them as they were. With owner, only jobs that owner currently
+-- holds (the fence: a stale worker changes nothing); without, only active
+-- jobs nobody holds.
+CREATE OR REPLACE FUNCTION hopper._complete_ids(
+    job_ids bigint[], results jsonb[], owner text, with_rows boolean,
+    OUT ids bigint[], OUT gone hopper._jobs[]
+)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    done_ids bigint[];
     done_queues text[];
-    gone hopper._jobs[];
 BEGIN
     IF hopper._setting('completed_retention')::interval = interval '0' THEN
-        gone := hopper._delete_completed(job_ids, results, owner);
-        done_queues := ARRAY(SELECT g.queue_name FROM unnest(gone) AS g);
+        WITH deleted AS (
+            DELETE FROM hopper._jobs AS j
+            WHERE
+                j.id = any(job_ids)
+                AND CASE
+                    WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
+                    ELSE j.state = 'running' AND j.locked_by = owner
+                END
+            RETURNING j.id, j.queue_name, CASE WHEN with_rows THEN j END AS job
+        )
+
+        SELECT array_agg(d.id), array_agg(d.queue_name), array_agg(d.job) FILTER (WHERE with_rows)
+        INTO ids, done_queues, gone
+        FROM deleted AS d;
     ELSE
         -- No separate SELECT ... FOR UPDATE: the UPDATE re-checks its WHERE on
         -- the row it locks, which is the fence, and locking first would write
@@ -40,56 +52,61 @@ BEGIN
             RETURNING j.id, j.queue_name
         )
 
-        SELECT array_agg(c.id), array_agg(c.queue_name)
-        INTO done_ids, done_queues
+        SELECT array_agg(c.id), array_agg(c.queue_name) INTO ids, done_queues
         FROM completed AS c;
     END IF;
-    IF owner IS NOT NULL THEN
+    IF owner IS NOT NULL AND ids IS NOT NULL THEN
         PERFORM hopper._release_queue_slots(done_queues);
     END IF;
-    IF gone IS NOT NULL THEN
-        RETURN QUERY
-        SELECT p.* FROM unnest(gone) AS g
-        CROSS JOIN LATERAL hopper._present(g) AS p
-        ORDER BY p.id;
-    ELSE
-        -- read back through the view: cheaper per row than building records
-        RETURN QUERY
-        SELECT v.* FROM hopper.jobs AS v WHERE v.id = any(done_ids) ORDER BY v.id;
+    ids := coalesce(ids, '{}');
+END
+$$;
+
+-- The arguments of a batch completion by a worker.
+CREATE OR REPLACE FUNCTION hopper._check_completion(
+    fn text, worker_id text, job_ids bigint[], results jsonb[]
+) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_worker_id(fn, worker_id);
+    PERFORM hopper._check_required(fn, 'job_ids', job_ids IS NULL);
+    PERFORM hopper._check_batch_size(fn, 'job_ids', cardinality(job_ids));
+    IF results IS NOT NULL THEN
+        PERFORM hopper._check_same_length(fn, 'results', cardinality(results), cardinality(job_ids));
     END IF;
 END
 $$;
 
--- The completed_retention 0 form of _complete: deletes the jobs and returns
--- them as they would read completed.
-CREATE OR REPLACE FUNCTION hopper._delete_completed(
+-- _complete_ids, returning the jobs as completed.
+CREATE OR REPLACE FUNCTION hopper._complete(
     job_ids bigint[], results jsonb[], owner text
-) RETURNS hopper._jobs[]
+) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    done_ids bigint[];
     gone hopper._jobs[];
 BEGIN
-    WITH deleted AS (
-        DELETE FROM hopper._jobs AS j
-        USING unnest(job_ids, results) AS r (id, result)
-        WHERE
-            j.id = r.id AND j.id = any(job_ids)
-            AND CASE
-                WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
-                ELSE j.state = 'running' AND j.locked_by = owner
-            END
-        RETURNING j AS job, r.result
-    )
-
-    SELECT array_agg(jsonb_populate_record(d.job, jsonb_build_object(
-        'state', 'completed', 'result', d.result, 'locked_at', NULL,
+    SELECT c.ids, c.gone INTO done_ids, gone
+    FROM hopper._complete_ids(job_ids, results, owner, true) AS c;
+    IF gone IS NULL THEN
+        -- read back through the view: cheaper per row than building records
+        RETURN QUERY
+        SELECT v.* FROM hopper.jobs AS v WHERE v.id = any(done_ids) ORDER BY v.id;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT p.*
+    FROM unnest(gone) AS g
+    LEFT JOIN unnest(job_ids, results) AS r (id, result) ON g.id = r.id
+    CROSS JOIN LATERAL hopper._present(jsonb_populate_record(g, jsonb_build_object(
+        'state', 'completed', 'result', r.result, 'locked_at', NULL,
         'locked_by', NULL, 'finished_at', now(), 'updated_at', now()
-    )))
-    INTO gone
-    FROM deleted AS d;
-    RETURN coalesce(gone, '{}');
+    ))) AS p
+    ORDER BY p.id;
 END
 $$;
 
@@ -130,15 +147,27 @@ SET jit = off
 SET enable_seqscan = off
 AS $$
 BEGIN
-    PERFORM hopper._check_worker_id('complete_claimed_jobs', worker_id);
-    PERFORM hopper._check_required('complete_claimed_jobs', 'job_ids', job_ids IS NULL);
-    PERFORM hopper._check_batch_size('complete_claimed_jobs', 'job_ids', cardinality(job_ids));
-    IF results IS NOT NULL THEN
-        PERFORM hopper._check_same_length(
-            'complete_claimed_jobs', 'results', cardinality(results), cardinality(job_ids)
-        );
-    END IF;
+    PERFORM hopper._check_completion('complete_claimed_jobs', worker_id, job_ids, results);
     RETURN QUERY SELECT c.* FROM hopper._complete(job_ids, results, worker_id) AS c;
+END
+$$;
+
+-- complete_claimed_jobs for callers that need no rows back (the worker):
+-- returns the ids it completed; a missing id was not held by worker_id.
+CREATE OR REPLACE FUNCTION hopper.complete_claimed_job_ids(
+    worker_id text, job_ids bigint[], results jsonb[] DEFAULT NULL
+) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- plans are cached once per session, not re-planned per call: one made while
+-- the table was small must still use its indexes, and JIT never pays off here
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+SET enable_seqscan = off
+AS $$
+BEGIN
+    PERFORM hopper._check_completion('complete_claimed_job_ids', worker_id, job_ids, results);
+    RETURN (hopper._complete_ids(job_ids, results, worker_id, false)).ids;
 END
 $$;
 

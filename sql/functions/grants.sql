@@ -49,7 +49,7 @@ BEGIN
         'grant_worker', role_name, ARRAY[
             'add_job', 'add_jobs', 'job_status', 'register_worker', 'unregister_worker',
             'heartbeat', 'get_jobs', 'get_job', 'complete_job', 'complete_claimed_jobs',
-            'fail_job', 'fail_claimed_jobs', 'release_jobs', 'rescue_stale_jobs',
+            'complete_claimed_job_ids', 'fail_job', 'fail_claimed_jobs', 'release_jobs', 'rescue_stale_jobs',
             'set_progress', 'enqueue_due_schedules'
         ]
     );

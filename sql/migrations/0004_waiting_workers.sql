@@ -11,3 +11,5 @@ INSERT INTO hopper.settings (name, value) VALUES ('notify', 'when_waiting');
 -- function files recreate them.
 DROP FUNCTION IF EXISTS hopper._claim(text, text[], integer, text[], timestamptz);
 DROP FUNCTION IF EXISTS hopper._complete(bigint[], jsonb[], text);
+DROP FUNCTION IF EXISTS hopper._lock_candidates(text[], integer, text[], timestamptz);
+DROP FUNCTION IF EXISTS hopper._delete_completed(bigint[], jsonb[], text);
