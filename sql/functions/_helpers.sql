@@ -29,18 +29,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION hopper._added(j hopper._jobs, outcome text)
-RETURNS hopper.added_job
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    presented hopper.jobs := hopper._present(j);
-BEGIN
-    RETURN ROW((presented).*, outcome)::hopper.added_job;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION hopper._setting(setting_name text) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -1,42 +1,49 @@
 -- Producing jobs: add_job, add_jobs and the job-key rules of SPEC.md 3.2.
 
--- Inserts one job per spec, in spec order. A keyed spec whose key is held by
--- an active job is skipped (no row returned); _add_keyed_job decides then.
+-- Inserts one job per spec, in spec order, and returns the new ids in that
+-- order (identity values follow insertion order). A keyed spec whose key is
+-- held by an active job is skipped (no id); _add_keyed_job decides then.
 CREATE OR REPLACE FUNCTION hopper._insert_specs(specs hopper.job_spec[])
-RETURNS SETOF hopper._jobs
+RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    ids bigint[];
 BEGIN
-    RETURN QUERY
-    INSERT INTO hopper._jobs (
-        task_identifier, payload, queue_name, state, priority, run_at,
-        max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
-        backoff_max, dead_letter
+    WITH inserted AS (
+        INSERT INTO hopper._jobs (
+            task_identifier, payload, queue_name, state, priority, run_at,
+            max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
+            backoff_max, dead_letter
+        )
+        SELECT
+            s.identifier,
+            coalesce(s.payload::jsonb, '{}'),
+            s.queue_name,
+            CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+            coalesce(s.priority, 0),
+            coalesce(s.run_at, now()),
+            coalesce(s.max_attempts, 25),
+            s.job_key,
+            s.flags,
+            s.tags,
+            s.timeout,
+            s.backoff,
+            s.backoff_delay,
+            s.backoff_max,
+            s.dead_letter
+        FROM unnest(specs) WITH ORDINALITY AS s
+        ORDER BY s.ordinality
+        ON CONFLICT (key)
+        WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
+        DO NOTHING
+        RETURNING id
     )
-    SELECT
-        s.identifier,
-        coalesce(s.payload::jsonb, '{}'),
-        s.queue_name,
-        CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
-        coalesce(s.priority, 0),
-        coalesce(s.run_at, now()),
-        coalesce(s.max_attempts, 25),
-        s.job_key,
-        s.flags,
-        s.tags,
-        s.timeout,
-        s.backoff,
-        s.backoff_delay,
-        s.backoff_max,
-        s.dead_letter
-    FROM unnest(specs) WITH ORDINALITY AS s
-    ORDER BY s.ordinality
-    ON CONFLICT (key)
-    WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
-    DO NOTHING
-    RETURNING *;
+
+    SELECT array_agg(i.id ORDER BY i.id) INTO ids FROM inserted AS i;
+    RETURN coalesce(ids, '{}');
 END
 $$;
 
@@ -88,18 +95,19 @@ BEGIN
 END
 $$;
 
--- Applies one keyed spec. Loops because the job holding the key may finish,
--- start running or appear between our insert attempt and our row lock; each
--- turn either returns or observes a committed change, so it ends quickly.
-CREATE OR REPLACE FUNCTION hopper._add_keyed_job(spec hopper.job_spec)
-RETURNS hopper.added_job
+-- Applies one keyed spec; returns the job it inserted, updated or deduped
+-- to. Loops because the job holding the key may finish, start running or
+-- appear between our insert attempt and our row lock; each turn either
+-- returns or observes a committed change, so it ends quickly.
+CREATE OR REPLACE FUNCTION hopper._add_keyed_job(
+    spec hopper.job_spec, OUT job_id bigint, OUT outcome text
+)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     mode text := coalesce(spec.job_key_mode, 'replace');
     existing hopper._jobs;
-    added hopper._jobs;
 BEGIN
     IF mode = 'unsafe_dedupe' THEN
         SELECT * INTO existing FROM hopper._jobs AS j
@@ -112,24 +120,31 @@ BEGIN
             WHERE j.key = spec.job_key
                 AND j.state IN ('waiting', 'scheduled', 'pending', 'running')
         ) THEN
-            RETURN hopper._added(existing, 'deduped');
+            job_id := existing.id;
+            outcome := 'deduped';
+            RETURN;
         END IF;
     END IF;
     FOR turn IN 1..20 LOOP
-        SELECT * INTO added FROM hopper._insert_specs(ARRAY[spec]);
-        IF FOUND THEN
-            RETURN hopper._added(added, 'inserted');
+        job_id := (hopper._insert_specs(ARRAY[spec]))[1];
+        IF job_id IS NOT NULL THEN
+            outcome := 'inserted';
+            RETURN;
         END IF;
         SELECT * INTO existing FROM hopper._jobs AS j
         WHERE j.key = spec.job_key
             AND j.state IN ('waiting', 'scheduled', 'pending', 'running')
         FOR UPDATE;
         CONTINUE WHEN NOT FOUND;
+        job_id := existing.id;
         IF mode IN ('dedupe', 'unsafe_dedupe') THEN
-            RETURN hopper._added(existing, 'deduped');
+            outcome := 'deduped';
+            RETURN;
         END IF;
         IF existing.state <> 'running' THEN
-            RETURN hopper._added(hopper._replace_job(existing, spec), 'updated');
+            PERFORM hopper._replace_job(existing, spec);
+            outcome := 'updated';
+            RETURN;
         END IF;
         -- the running job keeps running without its key and is not retried
         UPDATE hopper._jobs AS j
@@ -141,12 +156,12 @@ BEGIN
 END
 $$;
 
--- Applies specs in order and returns one row per spec, in input order.
+-- Applies specs in order: the id and outcome of each, in input order.
 -- Unkeyed specs go in one INSERT; keyed ones one by one, so a key repeated
--- within the call sees its earlier specs applied. Rows are read back through
--- the hopper.jobs view, the one definition of a job's public record.
-CREATE OR REPLACE FUNCTION hopper._add_specs(specs hopper.job_spec[])
-RETURNS SETOF hopper.added_job
+-- within the call sees its earlier specs applied.
+CREATE OR REPLACE FUNCTION hopper._apply_specs(
+    specs hopper.job_spec[], OUT ids bigint[], OUT outcomes text[]
+)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -155,22 +170,16 @@ DECLARE
         SELECT i FROM generate_subscripts(specs, 1) AS i
         WHERE specs[i].job_key IS NULL ORDER BY i
     );
-    ids bigint[];
-    outcomes text[] := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
-    added hopper.added_job;
+    keyed record;
 BEGIN
-    IF cardinality(specs) = 0 THEN
-        RETURN;
-    END IF;
-    PERFORM hopper._ensure_queues(ARRAY(SELECT s.queue_name FROM unnest(specs) AS s));
-    -- identity values follow insertion order, so sorting by id pairs each new
-    -- row with its spec
-    ids := ARRAY(
-        SELECT j.id FROM hopper._insert_specs(
-            ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i ORDER BY i)
-        ) AS j ORDER BY j.id
-    );
-    IF cardinality(unkeyed_index) < cardinality(specs) THEN
+    outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
+    PERFORM hopper._ensure_queues(ARRAY(
+        SELECT DISTINCT s.queue_name FROM unnest(specs) AS s WHERE s.queue_name IS NOT NULL
+    ));
+    IF cardinality(unkeyed_index) = cardinality(specs) THEN
+        ids := hopper._insert_specs(specs);
+    ELSE
+        ids := hopper._insert_specs(ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i));
         ids := ARRAY(
             SELECT ids[k] FROM unnest(unkeyed_index) WITH ORDINALITY AS u (i, k)
             RIGHT JOIN generate_subscripts(specs, 1) AS g (i) ON u.i = g.i
@@ -178,9 +187,9 @@ BEGIN
         );
         FOR i IN 1..cardinality(specs) LOOP
             IF specs[i].job_key IS NOT NULL THEN
-                added := hopper._add_keyed_job(specs[i]);
-                ids[i] := added.id;
-                outcomes[i] := added.outcome;
+                keyed := hopper._add_keyed_job(specs[i]);
+                ids[i] := keyed.job_id;
+                outcomes[i] := keyed.outcome;
             END IF;
         END LOOP;
     END IF;
@@ -190,13 +199,9 @@ BEGIN
     ) THEN
         PERFORM hopper._notify_jobs();
     END IF;
-    RETURN QUERY
-    SELECT v.*, x.outcome
-    FROM unnest(ids, outcomes) WITH ORDINALITY AS x (id, outcome, n)
-    INNER JOIN hopper.jobs AS v ON x.id = v.id
-    ORDER BY x.n;
 END
 $$;
+
 -- Adds (or, with a job key, updates or dedupes) one job; SPEC.md 3.1-3.2.
 -- The job exists only if the caller's transaction commits.
 CREATE OR REPLACE FUNCTION hopper.add_job(
@@ -232,23 +237,26 @@ DECLARE
         priority, flags, job_key_mode, tags, depends_on, depends_on_tags,
         timeout, backoff, backoff_delay, backoff_max, dead_letter
     );
+    job_id bigint;
+    outcome text := 'inserted';
     added hopper.added_job;
-    inserted hopper._jobs;
 BEGIN
     PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
     IF job_key IS NOT NULL THEN
-        SELECT * INTO added FROM hopper._add_specs(ARRAY[spec]);
-        RETURN added;
+        SELECT a.ids[1], a.outcomes[1] INTO job_id, outcome
+        FROM hopper._apply_specs(ARRAY[spec]) AS a;
+    ELSE
+        -- the common case in as few statements as possible
+        IF queue_name IS NOT NULL THEN
+            PERFORM hopper._ensure_queues(ARRAY[queue_name]);
+        END IF;
+        job_id := (hopper._insert_specs(ARRAY[spec]))[1];
+        IF run_at IS NULL OR run_at <= now() THEN
+            PERFORM hopper._notify_jobs();
+        END IF;
     END IF;
-    -- the common case in as few statements as possible
-    IF queue_name IS NOT NULL THEN
-        PERFORM hopper._ensure_queues(ARRAY[queue_name]);
-    END IF;
-    SELECT * INTO inserted FROM hopper._insert_specs(ARRAY[spec]);
-    IF inserted.state = 'pending' THEN
-        PERFORM hopper._notify_jobs();
-    END IF;
-    RETURN hopper._added(inserted, 'inserted');
+    SELECT v.*, outcome INTO added FROM hopper.jobs AS v WHERE v.id = job_id;
+    RETURN added;
 END
 $$;
 
@@ -266,8 +274,14 @@ SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off
 AS $$
+DECLARE
+    job_ids bigint[];
+    outcomes text[];
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
+    IF cardinality(specs) = 0 THEN
+        RETURN;
+    END IF;
     IF job_key_preserve_run_at THEN
         specs := ARRAY(
             SELECT jsonb_populate_record(
@@ -281,7 +295,14 @@ BEGIN
         );
     END IF;
     PERFORM hopper._check_specs('add_jobs', specs, true);
-    RETURN QUERY SELECT * FROM hopper._add_specs(specs);
+    SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
+    -- rows are read back through the hopper.jobs view, the one definition
+    -- of a job's public record
+    RETURN QUERY
+    SELECT v.*, x.outcome
+    FROM unnest(job_ids, outcomes) WITH ORDINALITY AS x (id, outcome, n)
+    INNER JOIN hopper.jobs AS v ON x.id = v.id
+    ORDER BY x.n;
 END
 $$;
 

@@ -13,3 +13,7 @@ DROP FUNCTION IF EXISTS hopper._claim(text, text[], integer, text[], timestamptz
 DROP FUNCTION IF EXISTS hopper._complete(bigint[], jsonb[], text);
 DROP FUNCTION IF EXISTS hopper._lock_candidates(text[], integer, text[], timestamptz);
 DROP FUNCTION IF EXISTS hopper._delete_completed(bigint[], jsonb[], text);
+DROP FUNCTION IF EXISTS hopper._insert_specs(hopper.job_spec[]);
+DROP FUNCTION IF EXISTS hopper._add_keyed_job(hopper.job_spec);
+DROP FUNCTION IF EXISTS hopper._add_specs(hopper.job_spec[]);
+DROP FUNCTION IF EXISTS hopper._added(hopper._jobs, text);
