@@ -42,6 +42,32 @@ def test_idle_worker_starts_a_new_job_well_before_its_poll_interval(dsn, conn):
     assert not thread.is_alive()
 
 
+def test_job_committed_after_the_worker_ran_dry_runs_long_before_the_poll(dsn, conn, connect):
+    """add_job notifies only while a worker waits. Here the job is added while the
+    only worker is busy (so no NOTIFY) and committed after it ran dry: the worker's
+    quick re-polls after running dry must find it, not its 30 s poll."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=30)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
+    waiting = "SELECT bool_or(waiting) AS w FROM hopper._workers WHERE retired_at IS NULL"
+    thread.start()
+    try:
+        busy = add_job(conn, "slow_sync", {"seconds": 0.5})["id"]
+        wait_until(lambda: job(conn, busy)["state"] == "running", 10, "the slow job to start")
+        assert conn.execute(waiting).fetchone()["w"] is False
+        producer = connect()
+        producer.execute("BEGIN")
+        late = add_job(producer, "echo", {})["id"]
+        wait_until(lambda: conn.execute(waiting).fetchone()["w"], 10, "the worker to run dry")
+        producer.execute("COMMIT")
+        took = wait_until(lambda: job(conn, late)["state"] == "completed", 10, "the late job")
+        assert took < 2.5, took
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+
+
 def test_worker_rejects_bad_concurrency(dsn):
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         hopper.Worker(dsn, worker_tasks.tasks, concurrency=0)
