@@ -1,6 +1,13 @@
 -- Internal helpers shared by the public functions. Like every hopper function
 -- they run as the schema owner with a pinned search_path; none is granted to
 -- any role.
+--
+-- Settings of the hot entry points (claiming, completing, failing, adding):
+-- plan_cache_mode = force_generic_plan, so each statement is planned once per
+-- session rather than per call; enable_seqscan = off, because that one plan
+-- may be made while the table is nearly empty and must still use the indexes
+-- every path has; jit = off, because a generic plan's cost estimate can pass
+-- jit_above_cost and JIT never pays off here.
 
 -- A stored row as the public record (the columns of the hopper.jobs view).
 -- 'scheduled' and 'pending' are told apart by run_at, so a due job reads

@@ -225,8 +225,7 @@ CREATE OR REPLACE FUNCTION hopper.add_job(
 ) RETURNS hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call: one made while
--- the table was small must still use its indexes, and JIT never pays off here
+-- hot path: see "Settings of the hot entry points" in _helpers.sql
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off
@@ -268,8 +267,7 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call: one made while
--- the table was small must still use its indexes, and JIT never pays off here
+-- hot path: see "Settings of the hot entry points" in _helpers.sql
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off
@@ -314,8 +312,7 @@ CREATE OR REPLACE FUNCTION hopper.add_jobs(
 ) RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call: one made while
--- the table was small must still use its indexes, and JIT never pays off here
+-- hot path: see "Settings of the hot entry points" in _helpers.sql
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off

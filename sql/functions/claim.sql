@@ -237,8 +237,7 @@ CREATE OR REPLACE FUNCTION hopper.get_jobs(
 ) RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call: one made while
--- the table was small must still use its indexes, and JIT never pays off here
+-- hot path: see "Settings of the hot entry points" in _helpers.sql
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off
@@ -291,8 +290,7 @@ CREATE OR REPLACE FUNCTION hopper.get_job(
 ) RETURNS hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call: one made while
--- the table was small must still use its indexes, and JIT never pays off here
+-- hot path: see "Settings of the hot entry points" in _helpers.sql
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off
@@ -314,8 +312,7 @@ CREATE OR REPLACE FUNCTION hopper.release_jobs(worker_id text, job_ids bigint[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
--- plans are cached once per session, not re-planned per call: one made while
--- the table was small must still use its indexes, and JIT never pays off here
+-- hot path: see "Settings of the hot entry points" in _helpers.sql
 SET plan_cache_mode = force_generic_plan
 SET jit = off
 SET enable_seqscan = off
