@@ -33,13 +33,15 @@ def completed_count(dsn: str) -> int:
 
 
 def test_four_processes_complete_5000_jobs_exactly_once(dsn, workers):
+    # all four wait before the jobs arrive: started one by one after the jobs,
+    # the first three could finish them all before the fourth is up
+    processes = [workers("-c", "4") for _ in range(4)]
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(5):
             conn.execute(
                 "SELECT count(*) FROM hopper.add_jobs(%s)",
                 [Jsonb([{"identifier": "record"}] * 1000)],
             )
-    processes = [workers("-c", "4") for _ in range(4)]
     took = wait_until(lambda: completed_count(dsn) == 5000, timeout=120, what="5000 completions")
     for process in processes:
         process.signal()
