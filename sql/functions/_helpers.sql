@@ -57,7 +57,9 @@ AS $$
 BEGIN
     IF
         EXISTS (SELECT FROM hopper._workers AS w WHERE w.waiting AND w.retired_at IS NULL)
-        OR hopper._setting('notify') = 'always'
+        OR EXISTS (
+            SELECT FROM hopper.settings AS s WHERE s.name = 'notify' AND s.value = 'always'
+        )
     THEN
         PERFORM pg_notify('hopper_jobs', '');
     END IF;
@@ -123,22 +125,20 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    max_payload_bytes integer;
     max_batch_size integer;
     first_index bigint;
     problem text[];
 BEGIN
-    SELECT
-        max(s.value) FILTER (WHERE s.name = 'max_payload_bytes')::integer,
-        max(s.value) FILTER (WHERE s.name = 'max_batch_size')::integer
-    INTO max_payload_bytes, max_batch_size
-    FROM hopper.settings AS s
-    WHERE s.name IN ('max_payload_bytes', 'max_batch_size');
-    IF cardinality(specs) > max_batch_size THEN
-        PERFORM hopper._raise(fn, '54000', format(
-            'specs has %s elements, more than max_batch_size (%s)',
-            cardinality(specs), max_batch_size
-        ));
+    -- one spec never exceeds max_batch_size (a positive integer): add_job
+    -- skips the lookup
+    IF cardinality(specs) > 1 THEN
+        max_batch_size := hopper._setting('max_batch_size')::integer;
+        IF cardinality(specs) > max_batch_size THEN
+            PERFORM hopper._raise(fn, '54000', format(
+                'specs has %s elements, more than max_batch_size (%s)',
+                cardinality(specs), max_batch_size
+            ));
+        END IF;
     END IF;
     SELECT s.n, checked.problem INTO first_index, problem
     FROM unnest(specs) WITH ORDINALITY AS s (
@@ -146,6 +146,10 @@ BEGIN
         job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
         backoff_max, dead_letter, n
     )
+    CROSS JOIN (
+        SELECT setting.value::integer AS max_payload_bytes
+        FROM hopper.settings AS setting WHERE setting.name = 'max_payload_bytes'
+    ) AS limits
     CROSS JOIN LATERAL (SELECT CASE
         WHEN s.identifier IS NULL THEN ARRAY['22004', 'identifier must not be null']
         WHEN s.identifier ~ '^\s*$' THEN ARRAY['22023', 'identifier must not be blank']
@@ -167,9 +171,9 @@ BEGIN
         WHEN json_typeof(s.payload) NOT IN ('object', 'array') THEN ARRAY['22023', format(
             'payload must be a JSON object or array (got %s)', json_typeof(s.payload)
         )]
-        WHEN pg_column_size(s.payload::jsonb) > max_payload_bytes THEN ARRAY['54000', format(
+        WHEN pg_column_size(s.payload::jsonb) > limits.max_payload_bytes THEN ARRAY['54000', format(
             'payload is %s bytes, more than max_payload_bytes (%s)',
-            pg_column_size(s.payload::jsonb), max_payload_bytes
+            pg_column_size(s.payload::jsonb), limits.max_payload_bytes
         )]
         WHEN s.max_attempts NOT BETWEEN 1 AND 32767 THEN ARRAY['22023', format(
             'max_attempts must be between 1 and 32767 (got %s)', s.max_attempts
