@@ -105,3 +105,14 @@ def test_only_registered_tasks_are_claimed(dsn, conn):
     assert hopper.run_once(dsn, worker_tasks.tasks) == 0
     assert job(conn, unknown)["state"] == "pending"
     assert call(conn, "queue_stats")[0]["pending"] == 1
+
+
+def test_a_refused_completion_is_logged_and_changes_nothing(dsn, conn, caplog, monkeypatch):
+    monkeypatch.setenv("HOPPER_TEST_DSN", dsn)
+    # one attempt only: the unlock fails the job rather than running it again
+    target = add_job(conn, "lose_myself", max_attempts=1)["id"]
+    with caplog.at_level("WARNING", logger="hopper.worker"):
+        assert hopper.run_once(dsn, worker_tasks.tasks) == 1
+    assert f"completion refused, jobs no longer held: [{target}]" in caplog.text
+    unlocked = job(conn, target)
+    assert (unlocked["state"], unlocked["result"], unlocked["locked_by"]) == ("failed", None, None)

@@ -130,3 +130,11 @@ def create_executions_table(dsn: str) -> None:
             " worker_id text NOT NULL, note text NOT NULL,"
             " at timestamptz DEFAULT clock_timestamp())"
         )
+
+
+@tasks.task("lose_myself")
+def lose_myself(payload: dict, job: hopper.JobContext) -> str:
+    """Has its own lock removed (as an admin's force_unlock_workers would) while running."""
+    with psycopg.connect(os.environ["HOPPER_TEST_DSN"], autocommit=True) as conn:
+        conn.execute("SELECT hopper.force_unlock_workers(ARRAY[%s])", [job.worker_id])
+    return "finished anyway"

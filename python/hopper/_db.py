@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -118,14 +118,16 @@ class Database:
         query = self.call("get_jobs", "%s, %s, %s")
         return await self.rows(query, [worker_id, task_names, batch_size], _job_rows)
 
-    async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> None:
-        # the worker needs no rows back, only that the call succeeded
+    async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> list[int]:
+        """Completes the jobs; returns the ids it completed (the worker needs no rows)."""
         query = self.call("complete_claimed_job_ids", "%s, %s, %s::jsonb[]")
         results = [o.result_json for o in outcomes]
-        await self.rows(
+        rows = await self.rows(
             query,
             [worker_id, [o.job_id for o in outcomes], None if not any(results) else results],
+            tuple_row,
         )
+        return rows[0][0]
 
     async def fail(self, worker_id: str, outcomes: Sequence[Failed], permanent: bool) -> None:
         query = self.call("fail_claimed_jobs", "%s, %s, %s, %s::jsonb[], %s", "count(*)")

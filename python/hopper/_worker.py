@@ -316,7 +316,11 @@ class Worker:
         if progress:
             await self.db.set_progress(self.worker_id, progress)
         if completed:
-            await self.db.complete(self.worker_id, completed)
+            accepted = set(await self.db.complete(self.worker_id, completed))
+            refused = [o.job_id for o in completed if o.job_id not in accepted]
+            if refused:
+                # rescued, unlocked or retried meanwhile: they run (or ran) elsewhere
+                logger.warning("completion refused, jobs no longer held: %s", refused)
         if failed:
             await self.db.fail(self.worker_id, failed, permanent=False)
         if doomed:
