@@ -3,7 +3,9 @@ LISTEN connection killed, database restart."""
 
 from __future__ import annotations
 
+import random
 import signal
+import threading
 import time
 
 import psycopg
@@ -118,3 +120,31 @@ def test_worker_survives_a_database_restart(dsn, workers, pg_server):
     with psycopg.connect(dsn) as conn:
         ids = {row for (row,) in conn.execute("SELECT id FROM hopper.jobs").fetchall()}
     assert ids == {first, second}
+
+
+def test_racing_producers_never_leave_a_job_waiting_for_the_poll(dsn, workers):
+    """Workers turn busy and idle while four producers add jobs, some in transactions
+    held open past the add; with a 30 s poll, every job must still start within
+    about a second (NOTIFY while a worker waits, quick re-polls once it runs dry)."""
+    for _ in range(2):
+        workers("-c", "2", "--poll-interval", "30")
+
+    def produce(seed: int) -> None:
+        rng = random.Random(seed)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(60):
+                with conn.transaction():
+                    conn.execute("SELECT hopper.add_job('echo')")
+                    time.sleep(rng.choice([0, 0, 0.002, 0.02]))
+                time.sleep(rng.choice([0, 0.001, 0.01, 0.05]))
+
+    producers = [threading.Thread(target=produce, args=(seed,)) for seed in range(4)]
+    for producer in producers:
+        producer.start()
+    for producer in producers:
+        producer.join()
+    wait_until(lambda: completed_count(dsn) == 240, timeout=30, what="240 completions")
+    slowest = scalar(
+        dsn, "SELECT max(extract(epoch FROM started_at - created_at)) FROM hopper.jobs"
+    )
+    assert slowest < 1.5, slowest
