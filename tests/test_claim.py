@@ -221,3 +221,17 @@ def test_queue_slots_are_never_exceeded_while_held(dsn, conn):
         ]
         == 2
     )
+
+
+def test_a_freed_queue_slot_notifies_a_waiting_worker(conn, connect):
+    call(conn, "set_queue", "serial", 1)
+    first = add_job(conn, "t", queue_name="serial")["id"]
+    add_job(conn, "t", queue_name="serial")
+    assert [j["id"] for j in claim(conn, "w1", batch_size=2)] == [first]
+    conn.execute("SELECT hopper.register_worker('idle')")
+    assert claim(conn, "idle") == []  # the queue is full: 'idle' now waits
+    listener = connect()
+    listener.execute("LISTEN hopper_jobs")
+    call(conn, "complete_job", "w1", first)
+    assert len(list(listener.notifies(timeout=0.3))) == 1
+    assert len(claim(conn, "idle")) == 1

@@ -71,3 +71,23 @@ def test_job_committed_after_the_worker_ran_dry_runs_long_before_the_poll(dsn, c
 def test_worker_rejects_bad_concurrency(dsn):
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         hopper.Worker(dsn, worker_tasks.tasks, concurrency=0)
+
+
+def test_a_serial_queue_runs_back_to_back_not_at_poll_speed(dsn, conn):
+    """Each completion frees the queue's one slot; the worker claims again as soon as
+    its report is in, instead of waiting for a poll."""
+    conn.execute("SELECT hopper.set_queue('serial', 1)")
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=4, poll_interval=30)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
+    thread.start()
+    try:
+        for _ in range(20):
+            add_job(conn, "echo", {}, queue_name="serial")
+        done = "SELECT count(*) AS n FROM hopper.jobs WHERE state = 'completed'"
+        took = wait_until(lambda: conn.execute(done).fetchone()["n"] == 20, 20, "20 completions")
+        assert took < 1.0, took
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(timeout=15)
+    assert not thread.is_alive()

@@ -299,6 +299,8 @@ class Worker:
             try:
                 await self._send(outcomes, progress)
                 failures = 0
+                if outcomes:
+                    self._wake.set()  # finished jobs free queue slots: claim again
             except psycopg.OperationalError as error:
                 # completion is fenced and idempotent, so sending again is safe
                 self._outcomes = outcomes + self._outcomes

@@ -305,7 +305,8 @@ $$;
 
 -- Gives back one slot per element (the queue of each job that stopped
 -- running). Rows are locked in name order so concurrent callers cannot
--- deadlock on each other.
+-- deadlock on each other. A freed slot can make a queued job claimable, so
+-- a waiting worker is notified.
 CREATE OR REPLACE FUNCTION hopper._release_queue_slots(
     queue_names text[]
 ) RETURNS void
@@ -330,6 +331,7 @@ BEGIN
         GROUP BY n.name
     ) AS r
     WHERE q.name = r.name;
+    PERFORM hopper._notify_jobs();
 END
 $$;
 
