@@ -235,3 +235,11 @@ def test_a_freed_queue_slot_notifies_a_waiting_worker(conn, connect):
     call(conn, "complete_job", "w1", first)
     assert len(list(listener.notifies(timeout=0.3))) == 1
     assert len(claim(conn, "idle")) == 1
+
+
+def test_a_claim_over_several_tasks_takes_the_batch_in_claim_order(conn):
+    ids = {}
+    for n, (task, priority) in enumerate([("a", 5), ("b", 1), ("c", 3), ("a", 1), ("b", 9)]):
+        ids[n] = add_job(conn, task, priority=priority)["id"]
+    claimed = claim(conn, "w1", task_identifiers=["a", "b", "c", "d"], batch_size=3)
+    assert [j["id"] for j in claimed] == [ids[1], ids[3], ids[2]]
