@@ -40,7 +40,7 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 def _job_rows(cursor: Any) -> Any:
     """Builds Jobs straight from rows of hopper.jobs, without a dict per row."""
     names = tuple(column.name for column in cursor.description or ())
-    if names != JOB_COLUMNS[: len(names)]:
+    if names != JOB_COLUMNS:
         raise RuntimeError(f"unexpected columns from hopper.jobs: {names}")
     return Job.from_values
 
