@@ -42,7 +42,7 @@ class Sizes:
     process: int = 100_000
     latency: int = 1000
     depth_filler: int = 1_000_000
-    depth_measured: int = 20_000
+    depth_measured: int = 36_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -333,44 +333,72 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[index]
 
 
-def depth(dsn: str, filler: int, measured: int, kind: str) -> float:
-    """claim+complete throughput (batches of 10, one connection) with filler jobs present."""
-    system = Hopper(dsn, Path(tempfile.gettempdir()))
-    system.reset()
-    s = HOPPER_SCHEMA
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if kind == "pending":
-            conn.execute(
-                f"INSERT INTO {s}._jobs (task_identifier, state, priority)"
-                " SELECT 'filler', 'pending', 100 FROM generate_series(1, %s)",
+DEPTH_KINDS = ("empty", "pending", "finished")
+DEPTH_ROUNDS = 9
+
+
+class DepthTable:
+    """One schema holding `filler` pending or finished jobs (or none) and the jobs
+    that one connection claims and completes, in batches of 10, to measure."""
+
+    def __init__(self, dsn: str, kind: str, filler: int, measured: int) -> None:
+        self.schema = f"{HOPPER_SCHEMA}_{kind}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(self.schema)))  # fmt: skip
+        migrate(dsn, self.schema)
+        s = self.schema
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute(f"SELECT {s}.set_setting('max_batch_size', '1000000')")
+        if kind != "empty":
+            state = "'pending', NULL" if kind == "pending" else "'completed', now()"
+            self.conn.execute(
+                f"INSERT INTO {s}._jobs (task_identifier, priority, state, finished_at)"
+                f" SELECT 'filler', 100, {state} FROM generate_series(1, %s)",
                 [filler],
             )
-        elif kind == "finished":
-            conn.execute(
-                f"INSERT INTO {s}._jobs (task_identifier, state, finished_at)"
-                " SELECT 'filler', 'completed', now() FROM generate_series(1, %s)",
-                [filler],
-            )
-        conn.execute(f"VACUUM ANALYZE {s}._jobs")
-        conn.execute(system.bulk_sql(), [measured + measured // 10])
-        claim = f"SELECT array_agg(id) FROM {s}.get_jobs('bench', ARRAY['noop'], 10)"
-        complete = f"SELECT {s}.complete_claimed_job_ids('bench', %s)"
+        self.conn.execute(Hopper(dsn, Path(), None).bulk_sql().replace(HOPPER_SCHEMA, s),
+                          [measured * (DEPTH_ROUNDS + 1) // DEPTH_ROUNDS])  # fmt: skip
+        self.conn.execute(f"VACUUM ANALYZE {s}._jobs")
+        # the WAL flush costs the same at any depth, and its jitter would hide what
+        # the depth does to the claim's own work
+        self.conn.execute("SET synchronous_commit = off")
+        self.claim = f"SELECT array_agg(id) FROM {s}.get_jobs('bench', ARRAY['noop'], 10)"
+        self.complete = f"SELECT {s}.complete_claimed_job_ids('bench', %s)"
 
-        def claim_and_complete(jobs: int) -> int:
-            done = 0
-            while done < jobs:
-                (ids,) = conn.execute(claim).fetchone()
-                if not ids:
-                    break
-                conn.execute(complete, [ids])
-                done += len(ids)
-            return done
-
-        # untimed warm-up: the session's first calls plan and cache every statement
-        claim_and_complete(measured // 10)
+    def rate(self, jobs: int) -> float:
         started = time.perf_counter()
-        done = claim_and_complete(measured)
+        done = 0
+        while done < jobs:
+            (ids,) = self.conn.execute(self.claim).fetchone()
+            if not ids:
+                break
+            self.conn.execute(self.complete, [ids])
+            done += len(ids)
         return done / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(self.schema)))
+        self.conn.close()
+
+
+def depth(dsn: str, filler: int, measured: int) -> dict[str, float]:
+    """claim+complete throughput with 0 jobs, `filler` pending and `filler` finished
+    jobs present. The three tables are measured in alternating rounds (median per
+    table), so that drift of the machine during the run falls on all three alike."""
+    tables = {kind: DepthTable(dsn, kind, filler, measured) for kind in DEPTH_KINDS}
+    try:
+        chunk = measured // DEPTH_ROUNDS
+        for table in tables.values():
+            table.rate(chunk // 5)  # untimed: the session plans and caches its statements
+        rates: dict[str, list[float]] = {kind: [] for kind in DEPTH_KINDS}
+        for _ in range(DEPTH_ROUNDS):
+            for kind, table in tables.items():
+                rates[kind].append(table.rate(chunk))
+        return {kind: statistics.median(values) for kind, values in rates.items()}
+    finally:
+        for table in tables.values():
+            table.close()
 
 
 def startup(system: Hopper) -> dict[str, float]:
@@ -481,12 +509,13 @@ class Run:
             self.add("latency", system.name, "add -> start p50", result["p50"], "ms", **result)
 
     def depth(self) -> None:
-        for kind in ("empty", "pending", "finished"):
-            filler = 0 if kind == "empty" else self.sizes.depth_filler
-            value = self.median(
-                lambda k=kind, f=filler: depth(self.dsn, f, self.sizes.depth_measured, k)
-            )
-            self.add("depth", "hopper", f"{filler:,} {kind if filler else 'jobs'}", value, "jobs/s")
+        filler = self.sizes.depth_filler
+        say(f"  filling two tables with {filler:,} jobs each ...")
+        runs = [depth(self.dsn, filler, self.sizes.depth_measured) for _ in range(self.repeat)]
+        for kind in DEPTH_KINDS:
+            value = statistics.median(run[kind] for run in runs)
+            variant = "0 jobs" if kind == "empty" else f"{filler:,} {kind}"
+            self.add("depth", "hopper", variant, value, "jobs/s")
 
     def startup(self) -> None:
         result = startup(self.hopper())
