@@ -179,7 +179,9 @@ BEGIN
     IF cardinality(unkeyed_index) = cardinality(specs) THEN
         ids := hopper._insert_specs(specs);
     ELSE
-        ids := hopper._insert_specs(ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i));
+        ids := hopper._insert_specs(
+            ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i ORDER BY i)
+        );
         ids := ARRAY(
             SELECT ids[k] FROM unnest(unkeyed_index) WITH ORDINALITY AS u (i, k)
             RIGHT JOIN generate_subscripts(specs, 1) AS g (i) ON u.i = g.i
