@@ -91,7 +91,8 @@ class System:
     def bulk_sql(self) -> str:
         raise NotImplementedError
 
-    def unfinished_sql(self) -> str:
+    def unfinished_jobs_sql(self) -> str:
+        """FROM ... WHERE ... of the jobs not finished yet."""
         raise NotImplementedError
 
     def start_worker(self, name: str, concurrency: int, **env: str) -> subprocess.Popen[bytes]:
@@ -111,6 +112,15 @@ class System:
 
     def log_path(self, name: str) -> Path:
         return self.work_dir / f"{self.name}-{name}.log"
+
+
+def hopper_bulk_sql(schema: str) -> str:
+    """add_jobs of %s no-op jobs in one call, counting the rows it returns."""
+    return (
+        f"SELECT count(*) FROM {schema}.add_jobs(ARRAY(SELECT ROW('noop', '{{}}', NULL,"
+        " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+        f"::{schema}.job_spec FROM generate_series(1, %s)))"
+    )
 
 
 class Hopper(System):
@@ -134,15 +144,11 @@ class Hopper(System):
                 )
 
     def bulk_sql(self) -> str:
-        return (
-            f"SELECT count(*) FROM {self.schema}.add_jobs(ARRAY(SELECT ROW('noop', '{{}}', NULL,"
-            " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
-            f"::{self.schema}.job_spec FROM generate_series(1, %s)))"
-        )
+        return hopper_bulk_sql(self.schema)
 
-    def unfinished_sql(self) -> str:
+    def unfinished_jobs_sql(self) -> str:
         return (
-            f"SELECT count(*) FROM {self.schema}._jobs"
+            f"FROM {self.schema}._jobs"
             " WHERE state IN ('waiting', 'scheduled', 'pending', 'running')"
         )
 
@@ -177,8 +183,8 @@ class GraphileWorker(System):
             " FROM generate_series(1, %s)))"
         )
 
-    def unfinished_sql(self) -> str:
-        return f"SELECT count(*) FROM {self.schema}._private_jobs"
+    def unfinished_jobs_sql(self) -> str:
+        return f"FROM {self.schema}._private_jobs"
 
     def start_worker(self, name: str, concurrency: int, **env: str) -> subprocess.Popen[bytes]:
         return self.graphile.start_worker(
@@ -277,14 +283,15 @@ def wait_drained(system: System, total: int, timeout: float = 600) -> float:
     100,000 rows 20 times a second would take CPU from the system measured."""
     started = time.perf_counter()
     last_report = started
-    any_left = f"SELECT EXISTS ({system.unfinished_sql().replace('count(*)', '1')})"
+    any_left = f"SELECT EXISTS (SELECT 1 {system.unfinished_jobs_sql()})"
+    count_left = f"SELECT count(*) {system.unfinished_jobs_sql()}"
     with psycopg.connect(system.dsn, autocommit=True) as conn:
         while conn.execute(any_left).fetchone()[0]:
             now = time.perf_counter()
             if now - started > timeout:
                 raise RuntimeError(f"{system.name}: jobs left after {timeout}s")
             if now - last_report > 5:
-                left = conn.execute(system.unfinished_sql()).fetchone()[0]
+                left = conn.execute(count_left).fetchone()[0]
                 say(f"  ... {total - left}/{total} done")
                 last_report = now
             time.sleep(0.02)
@@ -357,8 +364,7 @@ class DepthTable:
                 f" SELECT 'filler', 100, {state} FROM generate_series(1, %s)",
                 [filler],
             )
-        self.conn.execute(Hopper(dsn, Path(), None).bulk_sql().replace(HOPPER_SCHEMA, s),
-                          [measured * (DEPTH_ROUNDS + 1) // DEPTH_ROUNDS])  # fmt: skip
+        self.conn.execute(hopper_bulk_sql(s), [measured * (DEPTH_ROUNDS + 1) // DEPTH_ROUNDS])
         self.conn.execute(f"VACUUM ANALYZE {s}._jobs")
         # the WAL flush costs the same at any depth, and its jitter would hide what
         # the depth does to the claim's own work
