@@ -85,3 +85,19 @@ def test_batch_references_are_not_supported_yet(conn):
             conn, "add_jobs", Jsonb([{"identifier": "a"}, {"identifier": "b", "depends_on": [-1]}])
         )
     assert jobs(conn) == []
+
+
+def test_records_of_inserted_jobs_are_the_view_rows(conn):
+    """Inserted records come from RETURNING, not from the view: they must agree."""
+    specs = [
+        {"identifier": "a", "payload": {"n": 1}},
+        {"identifier": "b", "run_at": "2100-01-01T00:00:00Z", "queue_name": "q", "priority": 3},
+        {"identifier": "c", "payload": [1], "max_attempts": 2, "flags": ["f"], "tags": ["t"],
+         "timeout": "5 minutes", "backoff": "linear", "dead_letter": "dl"},
+    ]  # fmt: skip
+    rows = call(conn, "add_jobs", Jsonb(specs))
+    rows.append(add_job(conn, "d", {"x": 1}, run_at="2000-01-01T00:00:00Z"))
+    for row in rows:
+        assert row.pop("outcome") == "inserted"
+    assert rows == jobs(conn)
+    assert [r["state"] for r in rows] == ["pending", "scheduled", "pending", "pending"]

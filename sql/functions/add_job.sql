@@ -1,17 +1,20 @@
 -- Producing jobs: add_job, add_jobs and the job-key rules of SPEC.md 3.2.
 
--- Inserts one job per spec, in spec order, and returns the new ids in that
--- order (identity values follow insertion order). A keyed spec whose key is
--- held by an active job is skipped (no id); _add_keyed_job decides then.
-CREATE OR REPLACE FUNCTION hopper._insert_specs(specs hopper.job_spec[])
-RETURNS bigint[]
+-- Inserts one job per spec, in spec order, and returns their records in that
+-- order (RETURNING yields rows in insertion order, and identity values follow
+-- it). A keyed spec whose key is held by an active job is skipped (no row);
+-- _add_keyed_job decides then. The records are the columns of the hopper.jobs
+-- view plus the outcome, built from RETURNING so that a batch is not read a
+-- second time (a fresh row's stored state is the view's: both compare run_at
+-- with the same now()); test_add_jobs checks that they match the view.
+CREATE OR REPLACE FUNCTION hopper._insert_jobs(specs hopper.job_spec[])
+RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
-DECLARE
-    ids bigint[];
 BEGIN
+    RETURN QUERY
     WITH inserted AS (
         INSERT INTO hopper._jobs (
             task_identifier, payload, queue_name, state, priority, run_at,
@@ -39,11 +42,41 @@ BEGIN
         ON CONFLICT (key)
         WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
         DO NOTHING
-        RETURNING id
+        RETURNING *
     )
 
-    SELECT array_agg(i.id ORDER BY i.id) INTO ids FROM inserted AS i;
-    RETURN coalesce(ids, '{}');
+    SELECT
+        i.id,
+        i.task_identifier,
+        i.payload,
+        i.queue_name,
+        i.state,
+        i.priority::integer,
+        i.run_at,
+        i.attempts::integer,
+        i.max_attempts::integer,
+        i.last_error,
+        i.errors,
+        i.key,
+        i.flags,
+        i.tags,
+        i.depends_on,
+        i.depends_on_tags,
+        i.locked_at,
+        i.locked_by,
+        i.created_at,
+        i.updated_at,
+        i.started_at,
+        i.finished_at,
+        i.result,
+        i.progress,
+        i.timeout,
+        i.revision,
+        i.cancel_requested,
+        i.dead_letter,
+        i.dead_letter_job_id,
+        'inserted'::text
+    FROM inserted AS i;
 END
 $$;
 
@@ -126,7 +159,7 @@ BEGIN
         END IF;
     END IF;
     FOR turn IN 1..20 LOOP
-        job_id := (hopper._insert_specs(ARRAY[spec]))[1];
+        job_id := (SELECT i.id FROM hopper._insert_jobs(ARRAY[spec]) AS i);
         IF job_id IS NOT NULL THEN
             outcome := 'inserted';
             RETURN;
@@ -156,9 +189,22 @@ BEGIN
 END
 $$;
 
--- Applies specs in order: the id and outcome of each, in input order.
--- Unkeyed specs go in one INSERT; keyed ones one by one, so a key repeated
--- within the call sees its earlier specs applied.
+-- Named queues must exist before their jobs can be claimed.
+CREATE OR REPLACE FUNCTION hopper._ensure_spec_queues(specs hopper.job_spec[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM unnest(specs) AS s WHERE s.queue_name IS NOT NULL) THEN
+        PERFORM hopper._ensure_queues(ARRAY(SELECT s.queue_name FROM unnest(specs) AS s));
+    END IF;
+END
+$$;
+
+-- Applies specs with job keys among them, in order: the id and outcome of
+-- each, in input order. Unkeyed specs go in one INSERT; keyed ones one by
+-- one, so a key repeated within the call sees its earlier specs applied.
 CREATE OR REPLACE FUNCTION hopper._apply_specs(
     specs hopper.job_spec[], OUT ids bigint[], OUT outcomes text[]
 )
@@ -173,28 +219,25 @@ DECLARE
     keyed record;
 BEGIN
     outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
-    PERFORM hopper._ensure_queues(ARRAY(
-        SELECT DISTINCT s.queue_name FROM unnest(specs) AS s WHERE s.queue_name IS NOT NULL
-    ));
-    IF cardinality(unkeyed_index) = cardinality(specs) THEN
-        ids := hopper._insert_specs(specs);
-    ELSE
-        ids := hopper._insert_specs(
+    PERFORM hopper._ensure_spec_queues(specs);
+    ids := ARRAY(
+        SELECT i.id FROM hopper._insert_jobs(
             ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i ORDER BY i)
-        );
-        ids := ARRAY(
-            SELECT ids[k] FROM unnest(unkeyed_index) WITH ORDINALITY AS u (i, k)
-            RIGHT JOIN generate_subscripts(specs, 1) AS g (i) ON u.i = g.i
-            ORDER BY g.i
-        );
-        FOR i IN 1..cardinality(specs) LOOP
-            IF specs[i].job_key IS NOT NULL THEN
-                keyed := hopper._add_keyed_job(specs[i]);
-                ids[i] := keyed.job_id;
-                outcomes[i] := keyed.outcome;
-            END IF;
-        END LOOP;
-    END IF;
+        ) AS i
+        ORDER BY i.id
+    );
+    ids := ARRAY(
+        SELECT ids[k] FROM unnest(unkeyed_index) WITH ORDINALITY AS u (i, k)
+        RIGHT JOIN generate_subscripts(specs, 1) AS g (i) ON u.i = g.i
+        ORDER BY g.i
+    );
+    FOR i IN 1..cardinality(specs) LOOP
+        IF specs[i].job_key IS NOT NULL THEN
+            keyed := hopper._add_keyed_job(specs[i]);
+            ids[i] := keyed.job_id;
+            outcomes[i] := keyed.outcome;
+        END IF;
+    END LOOP;
     IF EXISTS (
         SELECT FROM generate_subscripts(specs, 1) AS i
         WHERE outcomes[i] <> 'deduped' AND coalesce(specs[i].run_at, now()) <= now()
@@ -239,24 +282,25 @@ DECLARE
         timeout, backoff, backoff_delay, backoff_max, dead_letter
     );
     job_id bigint;
-    outcome text := 'inserted';
+    outcome text;
     added hopper.added_job;
 BEGIN
     PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
     IF job_key IS NOT NULL THEN
         SELECT a.ids[1], a.outcomes[1] INTO job_id, outcome
         FROM hopper._apply_specs(ARRAY[spec]) AS a;
-    ELSE
-        -- the common case in as few statements as possible
-        IF queue_name IS NOT NULL THEN
-            PERFORM hopper._ensure_queues(ARRAY[queue_name]);
-        END IF;
-        job_id := (hopper._insert_specs(ARRAY[spec]))[1];
-        IF run_at IS NULL OR run_at <= now() THEN
-            PERFORM hopper._notify_jobs();
-        END IF;
+        -- a separate statement, to see the rows _apply_specs wrote
+        SELECT v.*, outcome INTO added FROM hopper.jobs AS v WHERE v.id = job_id;
+        RETURN added;
     END IF;
-    SELECT v.*, outcome INTO added FROM hopper.jobs AS v WHERE v.id = job_id;
+    -- the common case in as few statements as possible
+    IF queue_name IS NOT NULL THEN
+        PERFORM hopper._ensure_queues(ARRAY[queue_name]);
+    END IF;
+    SELECT * INTO added FROM hopper._insert_jobs(ARRAY[spec]);
+    IF run_at IS NULL OR run_at <= now() THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
     RETURN added;
 END
 $$;
@@ -295,9 +339,18 @@ BEGIN
         );
     END IF;
     PERFORM hopper._check_specs('add_jobs', specs, true);
+    IF NOT EXISTS (SELECT FROM unnest(specs) AS s WHERE s.job_key IS NOT NULL) THEN
+        -- the common case: one INSERT, whose RETURNING gives the records
+        PERFORM hopper._ensure_spec_queues(specs);
+        RETURN QUERY SELECT * FROM hopper._insert_jobs(specs);
+        IF EXISTS (SELECT FROM unnest(specs) AS s WHERE coalesce(s.run_at, now()) <= now()) THEN
+            PERFORM hopper._notify_jobs();
+        END IF;
+        RETURN;
+    END IF;
     SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
-    -- rows are read back through the hopper.jobs view, the one definition
-    -- of a job's public record
+    -- a job key can update or dedupe to an existing job: those are read
+    -- back through the hopper.jobs view, the one definition of a record
     RETURN QUERY
     SELECT v.*, x.outcome
     FROM unnest(job_ids, outcomes) WITH ORDINALITY AS x (id, outcome, n)

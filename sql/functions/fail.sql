@@ -49,10 +49,8 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH sent AS (
-        SELECT
-            l.id,
-            (letters[l.n].payload::jsonb -> 'job' ->> 'id')::bigint AS source_id
-        FROM unnest(hopper._insert_specs(letters)) WITH ORDINALITY AS l (id, n)
+        SELECT l.id, (l.payload -> 'job' ->> 'id')::bigint AS source_id
+        FROM hopper._insert_jobs(letters) AS l
     ),
 
     linked AS (
