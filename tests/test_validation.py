@@ -47,10 +47,14 @@ def add_job_with(conn, arguments):
     return call(conn, "add_job", identifier, **values)
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed", "unkeyed"])
 @pytest.mark.parametrize(("arguments", "sqlstate", "message"), BAD_ADD_JOB_ARGUMENTS)
-def test_add_job_rejects_bad_argument(conn, arguments, sqlstate, message):
+def test_add_job_rejects_bad_argument(conn, arguments, sqlstate, message, keyed):
+    """Unkeyed calls with few arguments take add_job's short check: same errors."""
+    if keyed:
+        arguments = {**arguments, "job_key": arguments.get("job_key", "key")}
     with pytest.raises(psycopg.Error) as raised:
-        add_job_with(conn, {**arguments, "job_key": arguments.get("job_key", "key")})
+        add_job_with(conn, arguments)
     assert raised.value.sqlstate == sqlstate
     assert raised.value.diag.message_primary.startswith("add_job: ")
     assert message in raised.value.diag.message_primary
@@ -68,6 +72,8 @@ def test_payload_larger_than_setting_is_rejected_with_54000(conn):
     with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_payload_bytes"):
         add_job_with(conn, {"payload": Json({"data": "x" * 200})})
     assert add_job_with(conn, {"payload": Json({"data": "x" * 10})})[0]["outcome"] == "inserted"
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_payload_bytes"):
+        add_job_with(conn, {"payload": Json({"data": "x" * 200}), "job_key": "k"})
 
 
 def test_bad_spec_in_add_jobs_names_its_index_and_adds_nothing(conn):

@@ -285,7 +285,27 @@ DECLARE
     outcome text;
     added hopper.added_job;
 BEGIN
-    PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
+    -- A job of an identifier and a payload only (the common case) meets
+    -- every rule of _check_specs once these hold; the full check would be
+    -- about a tenth of the call.
+    IF NOT coalesce(
+        identifier ~ '\S' AND length(identifier) <= 128
+        AND num_nonnulls(
+            queue_name, max_attempts, job_key, priority, flags, tags, depends_on,
+            depends_on_tags, timeout, backoff, backoff_delay, backoff_max, dead_letter
+        ) = 0
+        AND job_key_mode = 'replace'
+        AND (payload IS NULL OR (
+            json_typeof(payload) IN ('object', 'array')
+            AND pg_column_size(payload::jsonb) <= (
+                SELECT s.value::integer FROM hopper.settings AS s
+                WHERE s.name = 'max_payload_bytes'
+            )
+        )),
+        false
+    ) THEN
+        PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
+    END IF;
     IF job_key IS NOT NULL THEN
         SELECT a.ids[1], a.outcomes[1] INTO job_id, outcome
         FROM hopper._apply_specs(ARRAY[spec]) AS a;
