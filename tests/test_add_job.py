@@ -249,3 +249,23 @@ def test_keys_are_shared_across_task_identifiers(conn):
     second = add_job(conn, "b", job_key="shared")
     assert second["id"] == first["id"]
     assert second["task_identifier"] == "b"
+
+
+def test_keyed_and_unkeyed_inserts_fill_every_column_alike(conn):
+    """The keyed insert (with ON CONFLICT) and the batch insert (without) are two
+    statements: given the same arguments they must write the same job."""
+    options = {
+        "queue_name": "q", "run_at": "2001-02-03T04:05:06Z", "max_attempts": 3,
+        "priority": -2, "flags": ["f"], "tags": ["t"], "timeout": "1 minute",
+        "backoff": "linear", "backoff_delay": "2 seconds", "backoff_max": "1 hour",
+        "dead_letter": "dl",
+    }  # fmt: skip
+    plain = add_job(conn, "t", {"a": 1}, **options)
+    keyed = add_job(conn, "t", {"a": 1}, job_key="k", **options)
+    for column in ("id", "key", "created_at", "updated_at"):
+        assert (plain.pop(column), keyed.pop(column))[1] is not None
+    assert plain == keyed
+    assert plain["state"] == "pending" and plain["timeout"] == timedelta(minutes=1)
+    defaults_plain, defaults_keyed = add_job(conn, "u"), add_job(conn, "u", job_key="k2")
+    assert (defaults_plain["max_attempts"], defaults_plain["payload"]) == (25, {})
+    assert (defaults_keyed["max_attempts"], defaults_keyed["payload"]) == (25, {})

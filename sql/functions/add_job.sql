@@ -2,17 +2,16 @@
 
 -- Inserts one job per spec, in spec order, and returns their records in that
 -- order (RETURNING yields rows in insertion order, and identity values follow
--- it). A keyed spec whose key is held by an active job is skipped (no row);
--- _add_keyed_job decides then. The records are the columns of the hopper.jobs
--- view plus the outcome, built from RETURNING so that a batch is not read a
--- second time (a fresh row's stored state is the view's: both compare run_at
--- with the same now()); test_add_jobs checks that they match the view.
+-- it). For specs without a job key: a keyed one goes through _add_keyed_job.
+-- The records are the columns of the hopper.jobs view plus the outcome, built
+-- from RETURNING so that a batch is not read a second time (a fresh row's
+-- stored state is the view's: both compare run_at with the same now());
+-- test_add_jobs checks that they match the view.
 CREATE OR REPLACE FUNCTION hopper._insert_jobs(specs hopper.job_spec[])
 RETURNS SETOF hopper.added_job
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 BEGIN
     RETURN QUERY
     WITH inserted AS (
@@ -39,9 +38,6 @@ BEGIN
             s.dead_letter
         FROM unnest(specs) WITH ORDINALITY AS s
         ORDER BY s.ordinality
-        ON CONFLICT (key)
-        WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
-        DO NOTHING
         RETURNING *
     )
 
@@ -159,7 +155,34 @@ BEGIN
         END IF;
     END IF;
     FOR turn IN 1..20 LOOP
-        job_id := (SELECT i.id FROM hopper._insert_jobs(ARRAY[spec]) AS i);
+        -- the columns of _insert_jobs, whose INSERT has no ON CONFLICT clause:
+        -- arbitration writes a WAL record a row (a tenth of a large batch),
+        -- and only a keyed spec needs it
+        INSERT INTO hopper._jobs AS j (
+            task_identifier, payload, queue_name, state, priority, run_at,
+            max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
+            backoff_max, dead_letter
+        ) VALUES (
+            spec.identifier,
+            coalesce(spec.payload::jsonb, '{}'),
+            spec.queue_name,
+            CASE WHEN spec.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+            coalesce(spec.priority, 0),
+            coalesce(spec.run_at, now()),
+            coalesce(spec.max_attempts, 25),
+            spec.job_key,
+            spec.flags,
+            spec.tags,
+            spec.timeout,
+            spec.backoff,
+            spec.backoff_delay,
+            spec.backoff_max,
+            spec.dead_letter
+        )
+        ON CONFLICT (key)
+        WHERE key IS NOT NULL AND state IN ('waiting', 'scheduled', 'pending', 'running')
+        DO NOTHING
+        RETURNING j.id INTO job_id;
         IF job_id IS NOT NULL THEN
             outcome := 'inserted';
             RETURN;
