@@ -150,68 +150,82 @@ BEGIN
         SELECT setting.value::integer AS max_payload_bytes
         FROM hopper.settings AS setting WHERE setting.name = 'max_payload_bytes'
     ) AS limits
-    CROSS JOIN LATERAL (SELECT CASE
-        WHEN s.identifier IS NULL THEN ARRAY['22004', 'identifier must not be null']
-        WHEN s.identifier ~ '^\s*$' THEN ARRAY['22023', 'identifier must not be blank']
-        WHEN length(s.identifier) > 128 THEN ARRAY['22023', format(
-            'identifier must be at most 128 characters (got %s)', length(s.identifier)
-        )]
-        WHEN s.queue_name ~ '^\s*$' THEN ARRAY['22023', 'queue_name must not be blank']
-        WHEN length(s.queue_name) > 128 THEN ARRAY['22023', format(
-            'queue_name must be at most 128 characters (got %s)', length(s.queue_name)
-        )]
-        WHEN s.job_key ~ '^\s*$' THEN ARRAY['22023', 'job_key must not be blank']
-        WHEN length(s.job_key) > 512 THEN ARRAY['22023', format(
-            'job_key must be at most 512 characters (got %s)', length(s.job_key)
-        )]
-        WHEN s.dead_letter ~ '^\s*$' THEN ARRAY['22023', 'dead_letter must not be blank']
-        WHEN length(s.dead_letter) > 128 THEN ARRAY['22023', format(
-            'dead_letter must be at most 128 characters (got %s)', length(s.dead_letter)
-        )]
-        WHEN json_typeof(s.payload) NOT IN ('object', 'array') THEN ARRAY['22023', format(
-            'payload must be a JSON object or array (got %s)', json_typeof(s.payload)
-        )]
-        WHEN pg_column_size(s.payload::jsonb) > limits.max_payload_bytes THEN ARRAY['54000', format(
-            'payload is %s bytes, more than max_payload_bytes (%s)',
-            pg_column_size(s.payload::jsonb), limits.max_payload_bytes
-        )]
-        WHEN s.max_attempts NOT BETWEEN 1 AND 32767 THEN ARRAY['22023', format(
-            'max_attempts must be between 1 and 32767 (got %s)', s.max_attempts
-        )]
-        WHEN s.priority NOT BETWEEN -32768 AND 32767 THEN ARRAY['22023', format(
-            'priority must be between -32768 and 32767 (got %s)', s.priority
-        )]
-        WHEN array_position(s.flags, NULL) IS NOT NULL
-            THEN ARRAY['22004', 'flags must not contain null']
-        WHEN s.flags IS NOT NULL AND EXISTS (
-            SELECT FROM unnest(s.flags) AS f (label) WHERE f.label ~ '^\s*$'
-        ) THEN ARRAY['22023', 'flags must not contain a blank element']
-        WHEN array_position(s.tags, NULL) IS NOT NULL
-            THEN ARRAY['22004', 'tags must not contain null']
-        WHEN s.tags IS NOT NULL AND EXISTS (
-            SELECT FROM unnest(s.tags) AS t (label) WHERE t.label ~ '^\s*$'
-        ) THEN ARRAY['22023', 'tags must not contain a blank element']
-        WHEN coalesce(s.job_key_mode, 'replace') NOT IN (
-            'replace', 'preserve_run_at', 'unsafe_dedupe', 'dedupe'
-        ) THEN ARRAY['22023', format(
-            'job_key_mode must be one of replace, preserve_run_at, unsafe_dedupe, '
-            'dedupe (got "%s")', s.job_key_mode
-        )]
-        WHEN cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0
-            THEN ARRAY['0A000', 'depends_on and depends_on_tags are not supported yet']
-        WHEN s.timeout <= interval '0' THEN ARRAY['22023', format(
-            'timeout must be positive (got %s)', s.timeout
-        )]
-        WHEN s.backoff NOT IN ('exponential', 'linear', 'fixed') THEN ARRAY['22023', format(
-            'backoff must be one of exponential, linear, fixed (got "%s")', s.backoff
-        )]
-        WHEN s.backoff_delay < interval '0' THEN ARRAY['22023', format(
-            'backoff_delay must not be negative (got %s)', s.backoff_delay
-        )]
-        WHEN s.backoff_max < interval '0' THEN ARRAY['22023', format(
-            'backoff_max must not be negative (got %s)', s.backoff_max
-        )]
-    END AS problem) AS checked
+    -- The rules in reporting order, in four groups; a group of optional
+    -- fields is skipped whole when they are all NULL, so a plain spec costs
+    -- five tests, not thirty.
+    CROSS JOIN LATERAL (SELECT coalesce(
+        CASE
+            WHEN s.identifier IS NULL THEN ARRAY['22004', 'identifier must not be null']
+            WHEN s.identifier ~ '^\s*$' THEN ARRAY['22023', 'identifier must not be blank']
+            WHEN length(s.identifier) > 128 THEN ARRAY['22023', format(
+                'identifier must be at most 128 characters (got %s)', length(s.identifier)
+            )]
+        END,
+        CASE WHEN num_nonnulls(s.queue_name, s.job_key, s.dead_letter) > 0 THEN CASE
+            WHEN s.queue_name ~ '^\s*$' THEN ARRAY['22023', 'queue_name must not be blank']
+            WHEN length(s.queue_name) > 128 THEN ARRAY['22023', format(
+                'queue_name must be at most 128 characters (got %s)', length(s.queue_name)
+            )]
+            WHEN s.job_key ~ '^\s*$' THEN ARRAY['22023', 'job_key must not be blank']
+            WHEN length(s.job_key) > 512 THEN ARRAY['22023', format(
+                'job_key must be at most 512 characters (got %s)', length(s.job_key)
+            )]
+            WHEN s.dead_letter ~ '^\s*$' THEN ARRAY['22023', 'dead_letter must not be blank']
+            WHEN length(s.dead_letter) > 128 THEN ARRAY['22023', format(
+                'dead_letter must be at most 128 characters (got %s)', length(s.dead_letter)
+            )]
+        END END,
+        CASE
+            WHEN json_typeof(s.payload) NOT IN ('object', 'array') THEN ARRAY['22023', format(
+                'payload must be a JSON object or array (got %s)', json_typeof(s.payload)
+            )]
+            WHEN pg_column_size(s.payload::jsonb) > limits.max_payload_bytes THEN ARRAY['54000', format(
+                'payload is %s bytes, more than max_payload_bytes (%s)',
+                pg_column_size(s.payload::jsonb), limits.max_payload_bytes
+            )]
+        END,
+        CASE WHEN num_nonnulls(
+            s.max_attempts, s.priority, s.flags, s.tags, s.job_key_mode, s.depends_on,
+            s.depends_on_tags, s.timeout, s.backoff, s.backoff_delay, s.backoff_max
+        ) > 0 THEN CASE
+            WHEN s.max_attempts NOT BETWEEN 1 AND 32767 THEN ARRAY['22023', format(
+                'max_attempts must be between 1 and 32767 (got %s)', s.max_attempts
+            )]
+            WHEN s.priority NOT BETWEEN -32768 AND 32767 THEN ARRAY['22023', format(
+                'priority must be between -32768 and 32767 (got %s)', s.priority
+            )]
+            WHEN array_position(s.flags, NULL) IS NOT NULL
+                THEN ARRAY['22004', 'flags must not contain null']
+            WHEN s.flags IS NOT NULL AND EXISTS (
+                SELECT FROM unnest(s.flags) AS f (label) WHERE f.label ~ '^\s*$'
+            ) THEN ARRAY['22023', 'flags must not contain a blank element']
+            WHEN array_position(s.tags, NULL) IS NOT NULL
+                THEN ARRAY['22004', 'tags must not contain null']
+            WHEN s.tags IS NOT NULL AND EXISTS (
+                SELECT FROM unnest(s.tags) AS t (label) WHERE t.label ~ '^\s*$'
+            ) THEN ARRAY['22023', 'tags must not contain a blank element']
+            WHEN coalesce(s.job_key_mode, 'replace') NOT IN (
+                'replace', 'preserve_run_at', 'unsafe_dedupe', 'dedupe'
+            ) THEN ARRAY['22023', format(
+                'job_key_mode must be one of replace, preserve_run_at, unsafe_dedupe, '
+                'dedupe (got "%s")', s.job_key_mode
+            )]
+            WHEN cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0
+                THEN ARRAY['0A000', 'depends_on and depends_on_tags are not supported yet']
+            WHEN s.timeout <= interval '0' THEN ARRAY['22023', format(
+                'timeout must be positive (got %s)', s.timeout
+            )]
+            WHEN s.backoff NOT IN ('exponential', 'linear', 'fixed') THEN ARRAY['22023', format(
+                'backoff must be one of exponential, linear, fixed (got "%s")', s.backoff
+            )]
+            WHEN s.backoff_delay < interval '0' THEN ARRAY['22023', format(
+                'backoff_delay must not be negative (got %s)', s.backoff_delay
+            )]
+            WHEN s.backoff_max < interval '0' THEN ARRAY['22023', format(
+                'backoff_max must not be negative (got %s)', s.backoff_max
+            )]
+        END END
+    ) AS problem) AS checked
     WHERE checked.problem IS NOT NULL
     ORDER BY s.n
     LIMIT 1;

@@ -364,6 +364,9 @@ AS $$
 DECLARE
     job_ids bigint[];
     outcomes text[];
+    any_keyed boolean;
+    any_queued boolean;
+    any_due boolean;
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
     IF cardinality(specs) = 0 THEN
@@ -382,11 +385,20 @@ BEGIN
         );
     END IF;
     PERFORM hopper._check_specs('add_jobs', specs, true);
-    IF NOT EXISTS (SELECT FROM unnest(specs) AS s WHERE s.job_key IS NOT NULL) THEN
+    -- one pass (each unnest of a large array costs as much as a test)
+    SELECT
+        bool_or(s.job_key IS NOT NULL),
+        bool_or(s.queue_name IS NOT NULL),
+        bool_or(coalesce(s.run_at, now()) <= now())
+    INTO any_keyed, any_queued, any_due
+    FROM unnest(specs) AS s;
+    IF NOT any_keyed THEN
         -- the common case: one INSERT, whose RETURNING gives the records
-        PERFORM hopper._ensure_spec_queues(specs);
+        IF any_queued THEN
+            PERFORM hopper._ensure_spec_queues(specs);
+        END IF;
         RETURN QUERY SELECT * FROM hopper._insert_jobs(specs);
-        IF EXISTS (SELECT FROM unnest(specs) AS s WHERE coalesce(s.run_at, now()) <= now()) THEN
+        IF any_due THEN
             PERFORM hopper._notify_jobs();
         END IF;
         RETURN;
