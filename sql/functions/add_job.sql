@@ -14,34 +14,30 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY
-    WITH inserted AS (
-        INSERT INTO hopper._jobs (
-            task_identifier, payload, queue_name, state, priority, run_at,
-            max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
-            backoff_max, dead_letter
-        )
-        SELECT
-            s.identifier,
-            coalesce(s.payload::jsonb, '{}'),
-            s.queue_name,
-            CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
-            coalesce(s.priority, 0),
-            coalesce(s.run_at, now()),
-            coalesce(s.max_attempts, 25),
-            s.job_key,
-            s.flags,
-            s.tags,
-            s.timeout,
-            s.backoff,
-            s.backoff_delay,
-            s.backoff_max,
-            s.dead_letter
-        FROM unnest(specs) WITH ORDINALITY AS s
-        ORDER BY s.ordinality
-        RETURNING *
+    INSERT INTO hopper._jobs AS i (
+        task_identifier, payload, queue_name, state, priority, run_at,
+        max_attempts, key, flags, tags, timeout, backoff, backoff_delay,
+        backoff_max, dead_letter
     )
-
     SELECT
+        s.identifier,
+        coalesce(s.payload::jsonb, '{}'),
+        s.queue_name,
+        CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+        coalesce(s.priority, 0),
+        coalesce(s.run_at, now()),
+        coalesce(s.max_attempts, 25),
+        s.job_key,
+        s.flags,
+        s.tags,
+        s.timeout,
+        s.backoff,
+        s.backoff_delay,
+        s.backoff_max,
+        s.dead_letter
+    FROM unnest(specs) WITH ORDINALITY AS s
+    ORDER BY s.ordinality
+    RETURNING
         i.id,
         i.task_identifier,
         i.payload,
@@ -71,8 +67,7 @@ BEGIN
         i.cancel_requested,
         i.dead_letter,
         i.dead_letter_job_id,
-        'inserted'::text
-    FROM inserted AS i;
+        'inserted'::text;
 END
 $$;
 
