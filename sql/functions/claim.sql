@@ -65,7 +65,8 @@ CREATE OR REPLACE FUNCTION hopper._lock_candidates(
     forbidden_flags text[],
     claim_time timestamptz,
     OUT ids bigint[],
-    OUT any_queue boolean
+    OUT any_queue boolean,
+    OUT row_ids tid[]
 )
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -74,10 +75,11 @@ BEGIN
     IF task_identifiers IS NULL THEN
         SELECT
             array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
-            bool_or(c.queue_name IS NOT NULL)
-        INTO ids, any_queue
+            bool_or(c.queue_name IS NOT NULL),
+            array_agg(c.ctid ORDER BY c.priority, c.run_at, c.id)
+        INTO ids, any_queue, row_ids
         FROM (
-            SELECT j.id, j.priority, j.run_at, j.queue_name
+            SELECT j.id, j.ctid, j.priority, j.run_at, j.queue_name
             FROM hopper._jobs AS j
             WHERE
                 j.state = 'pending'
@@ -95,13 +97,16 @@ BEGIN
     END IF;
     SELECT
         array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
-        bool_or(c.queue_name IS NOT NULL)
-    INTO ids, any_queue
+        bool_or(c.queue_name IS NOT NULL),
+        array_agg(c.ctid ORDER BY c.priority, c.run_at, c.id)
+    INTO ids, any_queue, row_ids
     FROM (
-        SELECT one_task.id, one_task.priority, one_task.run_at, one_task.queue_name
+        SELECT
+            one_task.id, one_task.ctid, one_task.priority, one_task.run_at,
+            one_task.queue_name
         FROM (SELECT DISTINCT unnest(task_identifiers) AS name) AS task
         CROSS JOIN LATERAL (
-            SELECT j.id, j.priority, j.run_at, j.queue_name
+            SELECT j.id, j.ctid, j.priority, j.run_at, j.queue_name
             FROM hopper._jobs AS j
             WHERE
                 j.task_identifier = task.name
@@ -196,9 +201,11 @@ AS $$
 DECLARE
     candidate_ids bigint[];
     any_queue boolean;
+    row_ids tid[];
+    chosen_ids bigint[];
     claimed_ids bigint[];
 BEGIN
-    SELECT c.ids, c.any_queue INTO candidate_ids, any_queue
+    SELECT c.ids, c.any_queue, c.row_ids INTO candidate_ids, any_queue, row_ids
     FROM hopper._lock_candidates(
         task_identifiers, batch_size, forbidden_flags, claim_time
     ) AS c;
@@ -206,7 +213,11 @@ BEGIN
         RETURN '{}';
     END IF;
     IF any_queue THEN
-        candidate_ids := hopper._within_queue_limits(candidate_ids);
+        chosen_ids := hopper._within_queue_limits(candidate_ids);
+        row_ids := ARRAY(
+            SELECT u.row_id FROM unnest(candidate_ids, row_ids) AS u (id, row_id)
+            WHERE u.id = any(chosen_ids)
+        );
     END IF;
     WITH claimed AS (
         UPDATE hopper._jobs AS j SET
@@ -216,7 +227,8 @@ BEGIN
             attempts = j.attempts + 1,
             started_at = coalesce(j.started_at, claim_time),
             updated_at = now()
-        WHERE j.id = any(candidate_ids)
+        -- the versions we hold locked: a TID scan, no index descent
+        WHERE j.ctid = any(row_ids)
         RETURNING j.id
     )
 
