@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 import pytest
 import worker_tasks
@@ -55,3 +57,17 @@ def test_transaction_needs_a_dsn_worker(dsn, conn, ledger):
     with psycopg.connect(dsn, autocommit=True) as own:
         hopper.run_once(own, worker_tasks.tasks)
     assert "needs a worker started with a DSN" in job(conn, target)["last_error"]
+
+
+def test_a_job_transaction_keeps_the_session_time_zone(dsn, conn):
+    """The worker's own connections run in UTC (faster timestamp parsing); the
+    handler's transaction sees the time zone the database gives its sessions."""
+    database = conn.execute("SELECT current_database() AS name").fetchone()["name"]
+    conn.execute(f"ALTER DATABASE \"{database}\" SET TimeZone = 'America/New_York'")
+    conn.execute("CREATE TABLE seen_zone (zone text NOT NULL)")
+    added = add_job(conn, "time_zones", run_at="2020-06-01T12:00:00+02:00")
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 1
+    assert conn.execute("SELECT zone FROM seen_zone").fetchall() == [{"zone": "America/New_York"}]
+    finished = job(conn, added["id"])
+    assert finished["state"] == "completed"
+    assert datetime.fromisoformat(finished["result"]["run_at"]) == added["run_at"]

@@ -111,6 +111,13 @@ async def ledger(payload: dict, job: hopper.JobContext) -> None:
             raise RuntimeError("handler failed after writing")
 
 
+@tasks.task("time_zones")
+async def time_zones(payload: dict, job: hopper.JobContext) -> None:
+    """Records the time zone inside a job transaction and the claimed run_at."""
+    async with job.transaction(result={"run_at": job.job.run_at.isoformat()}) as conn:
+        await conn.execute("INSERT INTO seen_zone SELECT current_setting('TimeZone')")
+
+
 @tasks.task("ledger_sync")
 def ledger_sync(payload: dict, job: hopper.JobContext) -> None:
     with job.transaction() as conn:

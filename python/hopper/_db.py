@@ -33,10 +33,6 @@ def _loads(data: bytes | memoryview) -> Any:
     return _json_decoder.decode(text)
 
 
-async def _configure(conn: psycopg.AsyncConnection) -> None:
-    set_json_loads(_loads, conn)
-
-
 def _job_rows(cursor: Any) -> Any:
     """Builds Jobs straight from rows of hopper.jobs, without a dict per row."""
     names = tuple(column.name for column in cursor.description or ())
@@ -60,6 +56,7 @@ class Database:
         self._conn = None if isinstance(target, str) else target
         self._lock = asyncio.Lock()
         self._pool_size = pool_size
+        self.time_zone = "UTC"
         if not isinstance(target, str) and not target.autocommit:
             raise ValueError("a connection given to the worker must be in autocommit mode")
 
@@ -70,10 +67,18 @@ class Database:
                 min_size=1,
                 max_size=self._pool_size,
                 kwargs={"autocommit": True, "application_name": "hopper-worker"},
-                configure=_configure,
+                configure=self._configure,
                 open=False,
             )
             await self._pool.open(wait=True, timeout=30)
+
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        """The worker's own statements run in UTC: psycopg parses UTC timestamps in
+        half the time (a claimed job has five). A job transaction gets the session's
+        time zone back (see JobTransaction)."""
+        set_json_loads(_loads, conn)
+        self.time_zone = (await (await conn.execute("SHOW TimeZone")).fetchone())[0]
+        await conn.execute("SET TimeZone = 'UTC'")
 
     def job_transaction(self, context: JobContext, result: Any) -> JobTransaction:
         if self.dsn is None:
@@ -190,7 +195,10 @@ class JobTransaction:
         assert self.db._pool is not None
         self._async = self.db._pool.connection()
         conn = await self._async.__aenter__()
-        await conn.execute("BEGIN")
+        # the handler's statements see the time zone its connections would have
+        await conn.execute(
+            sql.SQL("BEGIN; SET LOCAL TimeZone = {}").format(sql.Literal(self.db.time_zone))
+        )
         self._conn = conn
         return conn
 
