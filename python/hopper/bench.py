@@ -459,8 +459,18 @@ class Run:
             return None
         return GraphileWorker(self.dsn, self.work_dir, self.graphile_folder)
 
-    def median(self, measure: Callable[[], float]) -> float:
-        return statistics.median(measure() for _ in range(self.repeat))
+    def medians(self, measures: dict[Any, Callable[[], Any]]) -> dict[Any, list[Any]]:
+        """Every measure ``repeat`` times, in rounds that take each measure once in
+        turn, so a slow spell of a shared machine falls on all systems alike and
+        their ratio stays fair. Returns each measure's results."""
+        results: dict[Any, list[Any]] = {key: [] for key in measures}
+        for _ in range(self.repeat):
+            for key, measure in measures.items():
+                results[key].append(measure())
+        return results
+
+    def median_of(self, measures: dict[Any, Callable[[], float]]) -> dict[Any, float]:
+        return {key: statistics.median(runs) for key, runs in self.medians(measures).items()}
 
     def add(self, workload: str, system: str, variant: str, value: float, unit: str,
             **extra: Any) -> None:  # fmt: skip
@@ -474,21 +484,33 @@ class Run:
 
     def enqueue_single(self) -> None:
         n = self.sizes.single
-        self.add("enqueue-single", "postgresql", "raw single-row INSERT",
-                 self.median(lambda: raw_single_inserts(self.dsn, n)), "rows/s")  # fmt: skip
+        measures: dict[Any, Callable[[], float]] = {
+            ("postgresql", "raw single-row INSERT", "rows/s"): lambda: raw_single_inserts(
+                self.dsn, n
+            )
+        }
         for system in self.systems():
             for producers in (1, 8):
-                value = self.median(lambda s=system, p=producers: enqueue_single(s, n, p))
-                self.add("enqueue-single", system.name, f"{producers} producer(s)", value, "jobs/s")
+                measures[(system.name, f"{producers} producer(s)", "jobs/s")] = (
+                    lambda s=system, p=producers: enqueue_single(s, n, p)
+                )
+        for (name, variant, unit), value in self.median_of(measures).items():
+            self.add("enqueue-single", name, variant, value, unit)
 
     def enqueue_bulk(self) -> None:
         n = self.sizes.bulk
-        self.add("enqueue-bulk", "postgresql", "raw INSERT ... SELECT",
-                 self.median(lambda: raw_insert_select(self.dsn, n)), "rows/s")  # fmt: skip
+        measures: dict[Any, Callable[[], float]] = {
+            ("postgresql", "raw INSERT ... SELECT", "rows/s"): lambda: raw_insert_select(
+                self.dsn, n
+            )
+        }
         for system in self.systems():
             for batch in (n, 1000):
-                value = self.median(lambda s=system, b=batch: enqueue_bulk(s, n, b))
-                self.add("enqueue-bulk", system.name, f"batches of {batch:,}", value, "jobs/s")
+                measures[(system.name, f"batches of {batch:,}", "jobs/s")] = (
+                    lambda s=system, b=batch: enqueue_bulk(s, n, b)
+                )
+        for (name, variant, unit), value in self.median_of(measures).items():
+            self.add("enqueue-bulk", name, variant, value, unit)
 
     def process(self) -> None:
         n = self.sizes.process
@@ -504,17 +526,24 @@ class Run:
         if graphile is not None:
             configurations += [(graphile, "local queue 500, batched", 1, 24),
                                (graphile, "local queue 500, batched", 2, 24)]  # fmt: skip
-        for system, label, processes, concurrency in configurations:
-            variant = f"{processes} x {concurrency}, {label}"
-            value = self.median(lambda s=system, p=processes, c=concurrency: process(s, n, p, c))
-            self.add("process", system.name, variant, value, "jobs/s")
+        measures: dict[Any, Callable[[], float]] = {
+            (system.name, f"{processes} x {concurrency}, {label}"): (
+                lambda s=system, p=processes, c=concurrency: process(s, n, p, c)
+            )
+            for system, label, processes, concurrency in configurations
+        }
+        for (name, variant), value in self.median_of(measures).items():
+            self.add("process", name, variant, value, "jobs/s")
 
     def latency(self) -> None:
-        for system in self.systems():
-            runs = [latency(system, self.sizes.latency, 0.01) for _ in range(self.repeat)]
+        measures = {
+            system.name: lambda s=system: latency(s, self.sizes.latency, 0.01)
+            for system in self.systems()
+        }
+        for name, runs in self.medians(measures).items():
             # the run with the median p50, whole, so its percentiles belong together
             result = sorted(runs, key=lambda run: run["p50"])[len(runs) // 2]
-            self.add("latency", system.name, "add -> start p50", result["p50"], "ms", **result)
+            self.add("latency", name, "add -> start p50", result["p50"], "ms", **result)
 
     def depth(self) -> None:
         filler = self.sizes.depth_filler
