@@ -207,16 +207,15 @@ BEGIN
 END
 $$;
 
--- Named queues must exist before their jobs can be claimed.
+-- Named queues must exist before their jobs can be claimed (_ensure_queues
+-- skips the NULLs of specs without a queue).
 CREATE OR REPLACE FUNCTION hopper._ensure_spec_queues(specs hopper.job_spec[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF EXISTS (SELECT FROM unnest(specs) AS s WHERE s.queue_name IS NOT NULL) THEN
-        PERFORM hopper._ensure_queues(ARRAY(SELECT s.queue_name FROM unnest(specs) AS s));
-    END IF;
+    PERFORM hopper._ensure_queues(ARRAY(SELECT s.queue_name FROM unnest(specs) AS s));
 END
 $$;
 
@@ -238,12 +237,14 @@ DECLARE
 BEGIN
     outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
     PERFORM hopper._ensure_spec_queues(specs);
-    ids := ARRAY(
-        SELECT i.id FROM hopper._insert_jobs(
-            ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i ORDER BY i)
-        ) AS i
-        ORDER BY i.id
-    );
+    IF cardinality(unkeyed_index) > 0 THEN
+        ids := ARRAY(
+            SELECT i.id FROM hopper._insert_jobs(
+                ARRAY(SELECT specs[i] FROM unnest(unkeyed_index) AS i ORDER BY i)
+            ) AS i
+            ORDER BY i.id
+        );
+    END IF;
     ids := ARRAY(
         SELECT ids[k] FROM unnest(unkeyed_index) WITH ORDINALITY AS u (i, k)
         RIGHT JOIN generate_subscripts(specs, 1) AS g (i) ON u.i = g.i
