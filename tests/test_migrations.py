@@ -71,6 +71,20 @@ def test_upgraded_database_equals_fresh_install(empty_dsn, dsn):
     assert catalog(empty_dsn) == catalog(dsn)
 
 
+def test_spec_payload_becomes_jsonb_under_installed_functions(empty_dsn, dsn):
+    # 0006 alters job_spec while functions taking job_spec[] already exist
+    assert migrate(empty_dsn, up_to="0005_leaner_writes.sql")[-1].startswith("functions/")
+    assert migrate(empty_dsn) == ["migrations/0006_jsonb_spec_payload.sql"]
+    assert catalog(empty_dsn) == catalog(dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT payload, outcome FROM hopper.add_jobs(ARRAY["
+            " ROW('t', '{\"b\": 2, \"a\": [1]}'::jsonb, NULL, NULL, NULL, NULL, NULL,"
+            " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)::hopper.job_spec])"
+        ).fetchall()
+    assert rows == [({"a": [1], "b": 2}, "inserted")]
+
+
 def test_changed_function_file_is_reapplied(empty_dsn):
     migrate(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:

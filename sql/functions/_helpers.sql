@@ -176,12 +176,12 @@ BEGIN
             )]
         END END,
         CASE
-            WHEN json_typeof(s.payload) NOT IN ('object', 'array') THEN ARRAY['22023', format(
-                'payload must be a JSON object or array (got %s)', json_typeof(s.payload)
+            WHEN jsonb_typeof(s.payload) NOT IN ('object', 'array') THEN ARRAY['22023', format(
+                'payload must be a JSON object or array (got %s)', jsonb_typeof(s.payload)
             )]
-            WHEN pg_column_size(s.payload::jsonb) > limits.max_payload_bytes THEN ARRAY['54000', format(
+            WHEN pg_column_size(s.payload) > limits.max_payload_bytes THEN ARRAY['54000', format(
                 'payload is %s bytes, more than max_payload_bytes (%s)',
-                pg_column_size(s.payload::jsonb), limits.max_payload_bytes
+                pg_column_size(s.payload), limits.max_payload_bytes
             )]
         END,
         CASE WHEN num_nonnulls(

@@ -21,7 +21,7 @@ BEGIN
     )
     SELECT
         s.identifier,
-        coalesce(s.payload::jsonb, '{}'),
+        coalesce(s.payload, '{}'),
         s.queue_name,
         CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
         coalesce(s.priority, 0),
@@ -92,9 +92,9 @@ BEGIN
         -- batch jobs: two arrays merge, anything else replaces
         payload = CASE
             WHEN jsonb_typeof(j.payload) = 'array'
-                AND json_typeof(spec.payload) = 'array'
-                THEN j.payload || spec.payload::jsonb
-            ELSE coalesce(spec.payload::jsonb, '{}')
+                AND jsonb_typeof(spec.payload) = 'array'
+                THEN j.payload || spec.payload
+            ELSE coalesce(spec.payload, '{}')
         END,
         queue_name = spec.queue_name,
         state = CASE WHEN new_run_at > now() THEN 'scheduled' ELSE 'pending' END,
@@ -159,7 +159,7 @@ BEGIN
             backoff_max, dead_letter
         ) VALUES (
             spec.identifier,
-            coalesce(spec.payload::jsonb, '{}'),
+            coalesce(spec.payload, '{}'),
             spec.queue_name,
             CASE WHEN spec.run_at > now() THEN 'scheduled' ELSE 'pending' END,
             coalesce(spec.priority, 0),
@@ -315,8 +315,8 @@ BEGIN
         ) = 0
         AND job_key_mode = 'replace'
         AND (payload IS NULL OR (
-            json_typeof(payload) IN ('object', 'array')
-            AND pg_column_size(payload::jsonb) <= (
+            jsonb_typeof(spec.payload) IN ('object', 'array')
+            AND pg_column_size(spec.payload) <= (
                 SELECT s.value::integer FROM hopper.settings AS s
                 WHERE s.name = 'max_payload_bytes'
             )

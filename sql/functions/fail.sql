@@ -34,7 +34,7 @@ AS $$
 DECLARE
     letters hopper.job_spec[] := ARRAY(
         SELECT ROW(
-            f.dead_letter, hopper._dead_letter_payload(f)::json,
+            f.dead_letter, hopper._dead_letter_payload(f),
             NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
             NULL, NULL, NULL, NULL
         )::hopper.job_spec
