@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call, call_one, claim, job
 
@@ -237,9 +238,30 @@ def test_a_freed_queue_slot_notifies_a_waiting_worker(conn, connect):
     assert len(claim(conn, "idle")) == 1
 
 
-def test_a_claim_over_several_tasks_takes_the_batch_in_claim_order(conn):
+@pytest.mark.parametrize("tasks", [["a", "b", "c", "d"], None], ids=["task list", "any task"])
+def test_a_claim_over_several_tasks_takes_the_batch_in_claim_order(conn, tasks):
     ids = {}
     for n, (task, priority) in enumerate([("a", 5), ("b", 1), ("c", 3), ("a", 1), ("b", 9)]):
         ids[n] = add_job(conn, task, priority=priority)["id"]
-    claimed = claim(conn, "w1", task_identifiers=["a", "b", "c", "d"], batch_size=3)
+    claimed = claim(conn, "w1", task_identifiers=tasks, batch_size=3)
     assert [j["id"] for j in claimed] == [ids[1], ids[3], ids[2]]
+    assert [j["id"] for j in claim(conn, "w2", batch_size=5)] == [ids[0], ids[4]]
+
+
+def test_a_claim_of_any_task_finds_every_task_with_pending_jobs(conn):
+    # tasks with nothing pending (running, finished, scheduled) sit between them
+    now = db_now(conn)
+    expected = []
+    for n in range(40):
+        task = f"task-{n:02d}"
+        if n % 4 == 0:
+            add_job(conn, task, run_at=now + timedelta(hours=1))
+            continue
+        expected.append(add_job(conn, task, priority=-n)["id"])
+        if n % 4 == 1:
+            claim(conn, "other", task_identifiers=[task], batch_size=5)
+            expected.pop()
+    claimed = claim(conn, "w1", batch_size=100)
+    assert [j["id"] for j in claimed] == expected[::-1]
+    left = conn.execute("SELECT count(*) AS n FROM hopper._jobs WHERE state = 'pending'")
+    assert left.fetchone()["n"] == 0

@@ -314,7 +314,7 @@ BEGIN
             depends_on_tags, timeout, backoff, backoff_delay, backoff_max, dead_letter
         ) = 0
         AND job_key_mode = 'replace'
-        AND (payload IS NULL OR (
+        AND (spec.payload IS NULL OR (
             jsonb_typeof(spec.payload) IN ('object', 'array')
             AND pg_column_size(spec.payload) <= (
                 SELECT s.value::integer FROM hopper.settings AS s
