@@ -55,8 +55,12 @@ def test_task_filter_and_forbidden_flags(conn):
     assert [j["id"] for j in claim(conn, batch_size=5)] == [b]
 
 
-def test_concurrent_claimers_never_get_the_same_job(dsn, conn):
-    call(conn, "add_jobs", Jsonb([{"identifier": "t"}] * 400))
+@pytest.mark.parametrize(
+    "tasks", [None, ["t0", "t1", "t2", "t3"]], ids=["any task", "several tasks"]
+)
+def test_concurrent_claimers_never_get_the_same_job(dsn, conn, tasks):
+    specs = [{"identifier": f"t{i % 4}", "priority": i % 3} for i in range(400)]
+    call(conn, "add_jobs", Jsonb(specs))
     claimed: list[int] = []
     lock = threading.Lock()
 
@@ -64,7 +68,7 @@ def test_concurrent_claimers_never_get_the_same_job(dsn, conn):
         with psycopg.connect(dsn, autocommit=True) as own:
             while True:
                 rows = own.execute(
-                    "SELECT id FROM hopper.get_jobs(%s, batch_size => 7)", [name]
+                    "SELECT id FROM hopper.get_jobs(%s, %s, batch_size => 7)", [name, tasks]
                 ).fetchall()
                 if not rows:
                     return
@@ -265,3 +269,44 @@ def test_a_claim_of_any_task_finds_every_task_with_pending_jobs(conn):
     assert [j["id"] for j in claimed] == expected[::-1]
     left = conn.execute("SELECT count(*) AS n FROM hopper._jobs WHERE state = 'pending'")
     assert left.fetchone()["n"] == 0
+
+
+def test_a_task_ahead_of_the_others_takes_more_than_its_fair_share(conn):
+    # a first read of twice a fair share (4 jobs a task) has all of lead's
+    # jobs in the batch: lead is read again, to the batch size
+    ids = [add_job(conn, "lead", priority=0)["id"] for _ in range(10)]
+    for task in "abcde":
+        for _ in range(3):
+            add_job(conn, task, priority=1)
+    others = conn.execute(
+        "SELECT id FROM hopper._jobs WHERE task_identifier <> 'lead' ORDER BY run_at, id LIMIT 2"
+    ).fetchall()
+    claimed = claim(conn, "w1", task_identifiers=["a", "b", "c", "d", "e", "lead"], batch_size=12)
+    assert [j["id"] for j in claimed] == ids + [r["id"] for r in others]
+
+
+def test_a_claim_over_several_tasks_locks_only_the_jobs_it_takes(conn, connect):
+    for n in range(25):
+        add_job(conn, f"task-{n % 5}")
+    claimer = connect()
+    with claimer.transaction():
+        assert len(claim(claimer, "w1", task_identifiers=[f"task-{n}" for n in range(5)],
+                         batch_size=4)) == 4  # fmt: skip
+        unlocked = conn.execute(
+            "SELECT count(*) AS n FROM (SELECT FROM hopper._jobs"
+            " WHERE state = 'pending' FOR UPDATE SKIP LOCKED) AS free"
+        ).fetchone()
+        assert unlocked["n"] == 21
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_jobs_another_claimer_holds_leave_room_for_other_tasks(conn, connect, batch_size):
+    first = add_job(conn, "a", priority=0)["id"]
+    add_job(conn, "a", priority=0)
+    later = [add_job(conn, "b", priority=5)["id"] for _ in range(2)]
+    other = connect()
+    with other.transaction():
+        held = claim(other, "w2", task_identifiers=["a"], batch_size=2)
+        assert {j["id"] for j in held} >= {first}
+        claimed = claim(conn, "w1", task_identifiers=["a", "b"], batch_size=batch_size)
+        assert [j["id"] for j in claimed] == later[:batch_size]

@@ -54,11 +54,196 @@ BEGIN
 END
 $$;
 
--- Locks up to batch_size claimable jobs in claim order: their ids, and
--- whether any of them belongs to a named queue. Candidates come from the
--- whole pending index when any task will do, else from one range per task,
--- merged. The queue test is only a lock-free pre-filter that skips the jobs
--- of busy or paused queues; _within_queue_limits re-checks under lock.
+-- The tasks that have pending jobs, in one descent of jobs_pending_by_task
+-- per task (a skip scan), for claims that take any task.
+CREATE OR REPLACE FUNCTION hopper._pending_tasks()
+RETURNS text[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN ARRAY(
+        WITH RECURSIVE task (name) AS (
+            SELECT min(j.task_identifier) FROM hopper._jobs AS j
+            WHERE j.state = 'pending'
+            UNION ALL
+            SELECT (
+                SELECT min(j.task_identifier) FROM hopper._jobs AS j
+                WHERE j.state = 'pending' AND j.task_identifier > task.name
+            )
+            FROM task
+            WHERE task.name IS NOT NULL
+        )
+
+        SELECT task.name FROM task WHERE task.name IS NOT NULL
+    );
+END
+$$;
+
+-- The distinct tasks among tasks that have a claimable job (jobs other
+-- claimers hold count), in the order of their first ones: one probe of
+-- jobs_pending_by_task each. Only the first batch_size can have jobs among
+-- the first batch_size.
+CREATE OR REPLACE FUNCTION hopper._tasks_with_work(
+    tasks text[], forbidden_flags text[], claim_time timestamptz
+) RETURNS text[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT task.name
+        FROM (SELECT DISTINCT unnest(tasks) AS name) AS task
+        CROSS JOIN LATERAL (
+            SELECT j.priority, j.run_at, j.id
+            FROM hopper._jobs AS j
+            WHERE
+                j.task_identifier = task.name
+                AND j.state = 'pending'
+                AND j.run_at <= claim_time
+                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                AND (j.queue_name IS NULL OR EXISTS (
+                    SELECT FROM hopper._queues AS q
+                    WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
+                ))
+            ORDER BY j.priority, j.run_at, j.id
+            LIMIT 1
+        ) AS first_job
+        ORDER BY first_job.priority, first_job.run_at, first_job.id
+    );
+END
+$$;
+
+-- How many of the first batch_size claimable jobs in claim order each task
+-- has (one count per task, in the order of tasks), from the first
+-- depths[i] claimable jobs of each task, read without locking.
+CREATE OR REPLACE FUNCTION hopper._count_shares(
+    tasks text[],
+    depths integer[],
+    batch_size integer,
+    forbidden_flags text[],
+    claim_time timestamptz
+) RETURNS integer[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT count(first_jobs.name)::integer
+        FROM unnest(tasks) WITH ORDINALITY AS task (name, n)
+        LEFT JOIN (
+            SELECT candidate.name
+            FROM unnest(tasks, depths) AS one (name, depth)
+            CROSS JOIN LATERAL (
+                SELECT one.name, j.priority, j.run_at, j.id
+                FROM hopper._jobs AS j
+                WHERE
+                    j.task_identifier = one.name
+                    AND j.state = 'pending'
+                    AND j.run_at <= claim_time
+                    AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                    AND (j.queue_name IS NULL OR EXISTS (
+                        SELECT FROM hopper._queues AS q
+                        WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
+                    ))
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT one.depth
+            ) AS candidate
+            ORDER BY candidate.priority, candidate.run_at, candidate.id
+            LIMIT batch_size
+        ) AS first_jobs ON task.name = first_jobs.name
+        GROUP BY task.n
+        ORDER BY task.n
+    );
+END
+$$;
+
+-- The share of a batch of each of tasks (several, each with a claimable
+-- job). It first reads twice a fair share of each task's jobs. A task none
+-- of whose jobs read fell outside the batch may have more in it: only those
+-- are read again, to the batch size. (The others keep their counts: more
+-- jobs of other tasks can only push theirs out.)
+CREATE OR REPLACE FUNCTION hopper._batch_shares(
+    tasks text[], batch_size integer, forbidden_flags text[], claim_time timestamptz
+) RETURNS integer[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    depth integer := least(
+        batch_size, 2 * ((batch_size + cardinality(tasks) - 1) / cardinality(tasks))
+    );
+    shares integer[] := hopper._count_shares(
+        tasks, array_fill(depth, ARRAY[cardinality(tasks)]), batch_size,
+        forbidden_flags, claim_time
+    );
+BEGIN
+    IF depth < batch_size AND depth = any(shares) THEN
+        shares := hopper._count_shares(
+            tasks,
+            ARRAY(
+                SELECT CASE WHEN s.share = depth THEN batch_size ELSE depth END
+                FROM unnest(shares) WITH ORDINALITY AS s (share, n)
+                ORDER BY s.n
+            ),
+            batch_size, forbidden_flags, claim_time
+        );
+    END IF;
+    RETURN shares;
+END
+$$;
+
+-- Locks up to limits[i] claimable jobs of each tasks[i] in claim order,
+-- skipping jobs other claimers hold and the excluded ones (which this claim
+-- holds already): their ids and row versions, and whether any of them
+-- belongs to a named queue. The queue test is only a lock-free pre-filter
+-- that skips the jobs of busy or paused queues; _within_queue_limits
+-- re-checks under lock.
+CREATE OR REPLACE FUNCTION hopper._lock_walk(
+    tasks text[],
+    limits integer[],
+    excluded bigint[],
+    forbidden_flags text[],
+    claim_time timestamptz,
+    OUT ids bigint[],
+    OUT any_queue boolean,
+    OUT row_ids tid[]
+)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT array_agg(c.id), bool_or(c.queue_name IS NOT NULL), array_agg(c.ctid)
+    INTO ids, any_queue, row_ids
+    FROM unnest(tasks, limits) AS task (name, max_jobs)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.ctid, j.queue_name
+        FROM hopper._jobs AS j
+        WHERE
+            j.task_identifier = task.name
+            AND j.state = 'pending'
+            AND j.run_at <= claim_time
+            AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+            AND (j.queue_name IS NULL OR EXISTS (
+                SELECT FROM hopper._queues AS q
+                WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
+            ))
+            AND j.id <> ALL(excluded)
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT task.max_jobs
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+    WHERE task.max_jobs > 0;
+END
+$$;
+
+-- Locks up to batch_size claimable jobs in claim order (the ids in no
+-- particular order). Each task's range of jobs_pending_by_task is walked for
+-- its share of the batch (_batch_shares), so a claim locks no more jobs than
+-- it takes; only when other claimers held jobs of those shares does a second
+-- walk look for the rest in every task with work. A claim of any task walks
+-- every task that has pending jobs: no index holds all pending jobs in claim
+-- order (it cost a fifth of an insert).
 CREATE OR REPLACE FUNCTION hopper._lock_candidates(
     task_identifiers text[],
     batch_size integer,
@@ -71,59 +256,46 @@ CREATE OR REPLACE FUNCTION hopper._lock_candidates(
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    tasks text[] := hopper._tasks_with_work(
+        coalesce(task_identifiers, hopper._pending_tasks()), forbidden_flags, claim_time
+    );
+    shares integer[] := ARRAY[batch_size];
+    rest record;
 BEGIN
-    IF task_identifiers IS NULL THEN
-        SELECT
-            array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
-            bool_or(c.queue_name IS NOT NULL),
-            array_agg(c.ctid ORDER BY c.priority, c.run_at, c.id)
-        INTO ids, any_queue, row_ids
-        FROM (
-            SELECT j.id, j.ctid, j.priority, j.run_at, j.queue_name
-            FROM hopper._jobs AS j
-            WHERE
-                j.state = 'pending'
-                AND j.run_at <= claim_time
-                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-                AND (j.queue_name IS NULL OR EXISTS (
-                    SELECT FROM hopper._queues AS q
-                    WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
-                ))
-            ORDER BY j.priority, j.run_at, j.id
-            LIMIT batch_size
-            FOR UPDATE OF j SKIP LOCKED
-        ) AS c;
+    IF cardinality(tasks) = 0 THEN
         RETURN;
     END IF;
-    SELECT
-        array_agg(c.id ORDER BY c.priority, c.run_at, c.id),
-        bool_or(c.queue_name IS NOT NULL),
-        array_agg(c.ctid ORDER BY c.priority, c.run_at, c.id)
-    INTO ids, any_queue, row_ids
-    FROM (
+    -- when a single task has work (the common case), it takes the whole batch
+    IF cardinality(tasks) > 1 THEN
+        shares := hopper._batch_shares(tasks[1:batch_size], batch_size, forbidden_flags, claim_time);
+    END IF;
+    SELECT w.ids, w.any_queue, w.row_ids INTO ids, any_queue, row_ids
+    FROM hopper._lock_walk(tasks[1:batch_size], shares, '{}', forbidden_flags, claim_time) AS w;
+    IF
+        cardinality(tasks) > 1
+        AND coalesce(cardinality(ids), 0) < (SELECT sum(s.share) FROM unnest(shares) AS s (share))
+    THEN
+        SELECT w.ids, w.any_queue, w.row_ids INTO rest
+        FROM hopper._lock_walk(
+            tasks,
+            array_fill(batch_size - coalesce(cardinality(ids), 0), ARRAY[cardinality(tasks)]),
+            coalesce(ids, '{}'), forbidden_flags, claim_time
+        ) AS w;
+        -- it may have locked more than the batch lacks: the first of them
         SELECT
-            one_task.id, one_task.ctid, one_task.priority, one_task.run_at,
-            one_task.queue_name
-        FROM (SELECT DISTINCT unnest(task_identifiers) AS name) AS task
-        CROSS JOIN LATERAL (
-            SELECT j.id, j.ctid, j.priority, j.run_at, j.queue_name
+            nullif(coalesce(ids, '{}') || array_agg(r.id), '{}'),
+            coalesce(any_queue, false) OR coalesce(bool_or(r.queue_name IS NOT NULL), false),
+            coalesce(row_ids, '{}') || array_agg(r.ctid)
+        INTO ids, any_queue, row_ids
+        FROM (
+            SELECT j.id, j.ctid, j.queue_name
             FROM hopper._jobs AS j
-            WHERE
-                j.task_identifier = task.name
-                AND j.state = 'pending'
-                AND j.run_at <= claim_time
-                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-                AND (j.queue_name IS NULL OR EXISTS (
-                    SELECT FROM hopper._queues AS q
-                    WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
-                ))
+            WHERE j.ctid = any(rest.row_ids)
             ORDER BY j.priority, j.run_at, j.id
-            LIMIT batch_size
-            FOR UPDATE OF j SKIP LOCKED
-        ) AS one_task
-        ORDER BY one_task.priority, one_task.run_at, one_task.id
-        LIMIT batch_size
-    ) AS c;
+            LIMIT batch_size - coalesce(cardinality(ids), 0)
+        ) AS r;
+    END IF;
 END
 $$;
 
