@@ -11,6 +11,8 @@ BAD_ADD_JOB_ARGUMENTS = [
     # (arguments, sqlstate, words the message must contain)
     ({"identifier": None}, "22004", "identifier must not be null"),
     ({"identifier": "  "}, "22023", "identifier must not be blank"),
+    ({"identifier": ""}, "22023", "identifier must not be blank"),
+    ({"identifier": "\t\n"}, "22023", "identifier must not be blank"),
     ({"identifier": "x" * 129}, "22023", "identifier must be at most 128"),
     ({"queue_name": " "}, "22023", "queue_name must not be blank"),
     ({"queue_name": "q" * 129}, "22023", "queue_name must be at most 128"),
