@@ -96,16 +96,11 @@ BEGIN
         FROM (SELECT DISTINCT unnest(tasks) AS name) AS task
         CROSS JOIN LATERAL (
             SELECT j.priority, j.run_at, j.id
-            FROM hopper._jobs AS j
+            FROM hopper._claimable_jobs AS j
             WHERE
                 j.task_identifier = task.name
-                AND j.state = 'pending'
                 AND j.run_at <= claim_time
                 AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-                AND (j.queue_name IS NULL OR EXISTS (
-                    SELECT FROM hopper._queues AS q
-                    WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
-                ))
             ORDER BY j.priority, j.run_at, j.id
             LIMIT 1
         ) AS first_job
@@ -136,16 +131,11 @@ BEGIN
             FROM unnest(tasks, depths) AS one (name, depth)
             CROSS JOIN LATERAL (
                 SELECT one.name, j.priority, j.run_at, j.id
-                FROM hopper._jobs AS j
+                FROM hopper._claimable_jobs AS j
                 WHERE
                     j.task_identifier = one.name
-                    AND j.state = 'pending'
                     AND j.run_at <= claim_time
                     AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-                    AND (j.queue_name IS NULL OR EXISTS (
-                        SELECT FROM hopper._queues AS q
-                        WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
-                    ))
                 ORDER BY j.priority, j.run_at, j.id
                 LIMIT one.depth
             ) AS candidate
@@ -196,9 +186,7 @@ $$;
 -- Locks up to limits[i] claimable jobs of each tasks[i] in claim order,
 -- skipping jobs other claimers hold and the excluded ones (which this claim
 -- holds already): their ids and row versions, and whether any of them
--- belongs to a named queue. The queue test is only a lock-free pre-filter
--- that skips the jobs of busy or paused queues; _within_queue_limits
--- re-checks under lock.
+-- belongs to a named queue.
 CREATE OR REPLACE FUNCTION hopper._lock_walk(
     tasks text[],
     limits integer[],
@@ -213,21 +201,16 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    SELECT array_agg(c.id), bool_or(c.queue_name IS NOT NULL), array_agg(c.ctid)
+    SELECT array_agg(c.id), bool_or(c.queue_name IS NOT NULL), array_agg(c.row_id)
     INTO ids, any_queue, row_ids
     FROM unnest(tasks, limits) AS task (name, max_jobs)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.ctid, j.queue_name
-        FROM hopper._jobs AS j
+        SELECT j.id, j.row_id, j.queue_name
+        FROM hopper._claimable_jobs AS j
         WHERE
             j.task_identifier = task.name
-            AND j.state = 'pending'
             AND j.run_at <= claim_time
             AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-            AND (j.queue_name IS NULL OR EXISTS (
-                SELECT FROM hopper._queues AS q
-                WHERE q.name = j.queue_name AND NOT q.paused AND q.running < q.concurrency
-            ))
             AND j.id <> ALL(excluded)
         ORDER BY j.priority, j.run_at, j.id
         LIMIT task.max_jobs
