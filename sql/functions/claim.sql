@@ -240,9 +240,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    tasks text[] := hopper._tasks_with_work(
-        coalesce(task_identifiers, hopper._pending_tasks()), forbidden_flags, claim_time
-    );
+    -- a single task named needs no probe of its first job: it takes the batch
+    tasks text[] := CASE
+        WHEN cardinality(task_identifiers) = 1 THEN task_identifiers
+        ELSE hopper._tasks_with_work(
+            coalesce(task_identifiers, hopper._pending_tasks()), forbidden_flags, claim_time
+        )
+    END;
     shares integer[] := ARRAY[batch_size];
     rest record;
 BEGIN
