@@ -82,3 +82,47 @@ def test_add_job_stores_exactly_what_it_got_or_changes_nothing(
         assert row["tags"] == tags
     stored = conn.execute("SELECT payload FROM hopper.jobs WHERE id = %s", [row["id"]]).fetchone()
     assert stored["payload"] == row["payload"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    lead=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=25),
+    others=st.lists(
+        st.tuples(st.integers(1, 5), st.integers(0, 3), st.integers(0, 3)), max_size=30
+    ),
+    tasks=st.none() | st.lists(st.integers(0, 6), min_size=1, max_size=5),
+    batch_sizes=st.lists(st.integers(1, 20), min_size=1, max_size=6),
+)
+def test_every_claim_takes_the_first_jobs_of_its_tasks_in_claim_order(
+    conn, lead, others, tasks, batch_sizes
+):
+    # jobs as (task, priority, minutes ago), tasks by number: task 0 has many
+    # jobs that come early (a claim must give it more than a fair share of the
+    # batch), task 6 none
+    conn.execute("TRUNCATE hopper._jobs")
+    jobs = [(0, priority - 2, minutes) for priority, minutes in lead] + others
+    for task, priority, minutes_ago in jobs:
+        conn.execute(
+            "SELECT hopper.add_job(%s, priority => %s, run_at => now() - %s * interval '1 minute')",
+            [f"t{task}", priority, minutes_ago],
+        )
+    names = None if tasks is None else [f"t{t}" for t in tasks]
+    for batch_size in batch_sizes:
+        expected = [
+            r["id"]
+            for r in conn.execute(
+                "SELECT id FROM hopper._jobs WHERE state = 'pending'"
+                " AND (%s::text[] IS NULL OR task_identifier = any(%s::text[]))"
+                " ORDER BY priority, run_at, id LIMIT %s",
+                [names, names, batch_size],
+            )
+        ]
+        claimed = conn.execute(
+            "SELECT id FROM hopper.get_jobs('w', %s, %s)", [names, batch_size]
+        ).fetchall()
+        assert [r["id"] for r in claimed] == expected
