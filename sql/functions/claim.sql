@@ -240,14 +240,14 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    -- a single task named needs no probe of its first job: it takes the batch
+    candidate_tasks text[] := coalesce(task_identifiers, hopper._pending_tasks());
+    -- a single candidate task needs no probe of its first job: it takes the batch
     tasks text[] := CASE
-        WHEN cardinality(task_identifiers) = 1 THEN task_identifiers
-        ELSE hopper._tasks_with_work(
-            coalesce(task_identifiers, hopper._pending_tasks()), forbidden_flags, claim_time
-        )
+        WHEN cardinality(candidate_tasks) = 1 THEN candidate_tasks
+        ELSE hopper._tasks_with_work(candidate_tasks, forbidden_flags, claim_time)
     END;
     shares integer[] := ARRAY[batch_size];
+    taken integer;
     rest record;
 BEGIN
     IF cardinality(tasks) = 0 THEN
@@ -259,14 +259,11 @@ BEGIN
     END IF;
     SELECT w.ids, w.any_queue, w.row_ids INTO ids, any_queue, row_ids
     FROM hopper._lock_walk(tasks[1:batch_size], shares, '{}', forbidden_flags, claim_time) AS w;
-    IF
-        cardinality(tasks) > 1
-        AND coalesce(cardinality(ids), 0) < (SELECT sum(s.share) FROM unnest(shares) AS s (share))
-    THEN
+    taken := coalesce(cardinality(ids), 0);
+    IF cardinality(tasks) > 1 AND taken < (SELECT sum(s.share) FROM unnest(shares) AS s (share)) THEN
         SELECT w.ids, w.any_queue, w.row_ids INTO rest
         FROM hopper._lock_walk(
-            tasks,
-            array_fill(batch_size - coalesce(cardinality(ids), 0), ARRAY[cardinality(tasks)]),
+            tasks, array_fill(batch_size - taken, ARRAY[cardinality(tasks)]),
             coalesce(ids, '{}'), forbidden_flags, claim_time
         ) AS w;
         -- it may have locked more than the batch lacks: the first of them
@@ -280,7 +277,7 @@ BEGIN
             FROM hopper._jobs AS j
             WHERE j.ctid = any(rest.row_ids)
             ORDER BY j.priority, j.run_at, j.id
-            LIMIT batch_size - coalesce(cardinality(ids), 0)
+            LIMIT batch_size - taken
         ) AS r;
     END IF;
 END
