@@ -269,3 +269,20 @@ def test_keyed_and_unkeyed_inserts_fill_every_column_alike(conn):
     defaults_plain, defaults_keyed = add_job(conn, "u"), add_job(conn, "u", job_key="k2")
     assert (defaults_plain["max_attempts"], defaults_plain["payload"]) == (25, {})
     assert (defaults_keyed["max_attempts"], defaults_keyed["payload"]) == (25, {})
+
+
+def test_plain_add_and_fully_checked_add_write_the_same_job(conn):
+    """add_job of an identifier and a payload (and a run_at) skips the full check and
+    _insert_jobs; an explicit default option takes that path: the jobs must agree."""
+    cases = {
+        None: "pending",
+        "2001-02-03T04:05:06Z": "pending",
+        "2100-01-01T00:00:00Z": "scheduled",
+    }
+    for run_at, state in cases.items():
+        plain = add_job(conn, "t", {"a": [1]}, run_at=run_at)
+        checked = add_job(conn, "t", {"a": [1]}, run_at=run_at, priority=0)
+        for column in ("id", "created_at", "updated_at", "run_at"):
+            assert (plain.pop(column), checked.pop(column))[1] is not None
+        assert plain == checked
+        assert plain["state"] == state
