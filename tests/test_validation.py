@@ -88,6 +88,38 @@ def test_bad_spec_in_add_jobs_names_its_index_and_adds_nothing(conn):
     assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
 
 
+def as_json_spec(arguments):
+    return {"identifier": "task"} | {
+        name: value.obj if isinstance(value, Json) else value for name, value in arguments.items()
+    }
+
+
+# a JSON null payload is SQL NULL in the jsonb form of add_jobs, which means {}
+BAD_JSON_SPECS = [case for case in BAD_ADD_JOB_ARGUMENTS if "(got null)" not in case[2]]
+
+
+@pytest.mark.parametrize(("arguments", "sqlstate", "message"), BAD_JSON_SPECS)
+def test_add_jobs_rejects_a_bad_spec_after_plain_ones(conn, arguments, sqlstate, message):
+    """A batch of plain specs takes add_jobs' one-pass check: one bad spec among
+    them gets the full check's error, and nothing is added."""
+    specs = Jsonb([{"identifier": "ok", "payload": {"n": 1}}, as_json_spec(arguments)])
+    with pytest.raises(psycopg.Error) as raised:
+        call(conn, "add_jobs", specs)
+    assert raised.value.sqlstate == sqlstate
+    assert raised.value.diag.message_primary.startswith("add_jobs: spec at index 1: ")
+    assert message in raised.value.diag.message_primary
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+def test_plain_batch_with_a_payload_over_the_limit_is_rejected(conn):
+    call(conn, "set_setting", "max_payload_bytes", "100")
+    specs = [{"identifier": "t", "payload": {"data": "x" * 10}}] * 2
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="spec at index 2: payload is"):
+        call(conn, "add_jobs", Jsonb([*specs, {"identifier": "t", "payload": {"d": "x" * 200}}]))
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+    assert [r["outcome"] for r in call(conn, "add_jobs", Jsonb(specs))] == ["inserted"] * 2
+
+
 def test_add_jobs_batch_larger_than_max_batch_size_is_rejected(conn):
     call(conn, "set_setting", "max_batch_size", "3")
     with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_batch_size"):

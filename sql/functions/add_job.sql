@@ -384,6 +384,47 @@ BEGIN
 END
 $$;
 
+-- Whether every spec of a batch is plain (an identifier, a payload, perhaps
+-- a run_at) and within the limits, so that it passes every rule of
+-- _check_specs, and whether any is due: one pass over the batch where
+-- _check_specs and add_jobs' test for keys, queues and due jobs take two.
+CREATE OR REPLACE FUNCTION hopper._plain_batch(
+    specs hopper.job_spec[], OUT all_plain boolean, OUT any_due boolean
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT
+        bool_and(coalesce(
+            -- a first character in ASCII ! to ~: not blank
+            ascii(s.identifier) BETWEEN 33 AND 126 AND length(s.identifier) <= 128
+            AND num_nonnulls(
+                s.queue_name, s.max_attempts, s.job_key, s.priority, s.flags,
+                s.job_key_mode, s.tags, s.depends_on, s.depends_on_tags, s.timeout,
+                s.backoff, s.backoff_delay, s.backoff_max, s.dead_letter
+            ) = 0
+            AND (s.payload IS NULL OR (
+                jsonb_typeof(s.payload) IN ('object', 'array')
+                AND pg_column_size(s.payload) <= limits.max_payload_bytes
+            )),
+            false
+        )) AND count(*) <= min(limits.max_batch_size),
+        bool_or(coalesce(s.run_at, now()) <= now())
+    INTO all_plain, any_due
+    FROM unnest(specs) AS s
+    CROSS JOIN (
+        SELECT
+            max(l.value) FILTER (WHERE l.name = 'max_payload_bytes')::integer
+                AS max_payload_bytes,
+            max(l.value) FILTER (WHERE l.name = 'max_batch_size')::integer
+                AS max_batch_size
+        FROM hopper.settings AS l
+        WHERE l.name IN ('max_payload_bytes', 'max_batch_size')
+    ) AS limits;
+END
+$$;
+
 -- Adds many jobs in one call; one row per spec, in input order (SPEC.md 3.3).
 -- job_key_preserve_run_at makes preserve_run_at the mode of specs giving none.
 CREATE OR REPLACE FUNCTION hopper.add_jobs(
@@ -400,12 +441,38 @@ AS $$
 DECLARE
     job_ids bigint[];
     outcomes text[];
+    all_plain boolean;
     any_keyed boolean;
     any_queued boolean;
     any_due boolean;
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
     IF cardinality(specs) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT p.all_plain, p.any_due INTO all_plain, any_due FROM hopper._plain_batch(specs) AS p;
+    IF all_plain THEN
+        -- the common batch: the INSERT, columns and records of _insert_jobs,
+        -- here because a call of it would copy every record once more
+        RETURN QUERY
+        INSERT INTO hopper._jobs AS i (task_identifier, payload, state, run_at)
+        SELECT
+            s.identifier,
+            coalesce(s.payload, '{}'),
+            CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
+            coalesce(s.run_at, now())
+        FROM unnest(specs) WITH ORDINALITY AS s
+        ORDER BY s.ordinality
+        RETURNING
+            i.id, i.task_identifier, i.payload, i.queue_name, i.state,
+            i.priority::integer, i.run_at, i.attempts::integer, i.max_attempts::integer,
+            i.last_error, i.errors, i.key, i.flags, i.tags, i.depends_on,
+            i.depends_on_tags, i.locked_at, i.locked_by, i.created_at, i.updated_at,
+            i.started_at, i.finished_at, i.result, i.progress, i.timeout, i.revision,
+            i.cancel_requested, i.dead_letter, i.dead_letter_job_id, 'inserted'::text;
+        IF any_due THEN
+            PERFORM hopper._notify_jobs();
+        END IF;
         RETURN;
     END IF;
     IF job_key_preserve_run_at THEN
