@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
+from plans import plan_with, shared_buffers_touched, statement_plans
 
 FILL = """
 INSERT INTO hopper._jobs (task_identifier, state, run_at, finished_at, locked_at, locked_by)
@@ -21,32 +20,8 @@ CROSS JOIN LATERAL (SELECT (ARRAY['completed', 'scheduled', 'failed', 'running']
 
 def claim_plans(conn, tasks: list[str] | None) -> list[str]:
     """The plans of the statements run by one get_jobs call, the call itself first."""
-    notices: list[str] = []
-    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-    for setting in (
-        "auto_explain.log_min_duration = 0",
-        "auto_explain.log_nested_statements = on",
-        "auto_explain.log_analyze = on",
-        "auto_explain.log_buffers = on",
-        "auto_explain.log_timing = off",
-        "auto_explain.log_level = notice",
-    ):
-        conn.execute(f"SET {setting}")
-    conn.execute("SELECT count(*) FROM hopper.get_jobs('w1', %s, 5)", [tasks])
-    conn.execute("SET auto_explain.log_min_duration = -1")
-    outer = [p for p in notices if "FROM hopper.get_jobs" in p]
-    return outer + [p for p in notices if p not in outer]
-
-
-def plan_with(plans: list[str], text: str) -> str:
-    (plan,) = [p for p in plans if text in p]
-    return plan
-
-
-def shared_buffers_touched(plan: str) -> int:
-    first = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan)
-    assert first, plan
-    return int(first.group(1)) + int(first.group(2) or 0)
+    query = "SELECT count(*) FROM hopper.get_jobs('w1', %s, 5)"
+    return statement_plans(conn, query, [tasks], "FROM hopper.get_jobs")
 
 
 def add_work(conn) -> None:
