@@ -445,7 +445,7 @@ class Run:
         self.graphile_folder: Path | None = None
         if compare:
             try:
-                say("installing graphile-worker from the npm registry (cached) ...")
+                say(f"graphile-worker: from {cache} (installed from the npm registry once) ...")
                 self.graphile_folder = install(cache)
             except GraphileUnavailable as error:
                 self.notes.append(str(error))
