@@ -7,7 +7,9 @@
 -- session rather than per call; enable_seqscan = off, because that one plan
 -- may be made while the table is nearly empty and must still use the indexes
 -- every path has; jit = off, because a generic plan's cost estimate can pass
--- jit_above_cost and JIT never pays off here.
+-- jit_above_cost and JIT never pays off here. add_job leaves them to
+-- _add_checked_job: its own statements read no jobs, and every setting is
+-- switched at each call.
 
 -- A stored row as the public record (the columns of the hopper.jobs view).
 -- 'scheduled' and 'pending' are told apart by run_at, so a due job reads
