@@ -52,6 +52,8 @@ $$;
 -- One NOTIFY per statement: callers invoke this once, never per row. Sent
 -- only while a worker waits for jobs (see migration 0004): a busy worker
 -- claims again by itself, and NOTIFY would serialise producers' commits.
+-- add_job holds a copy of this test (a call of this function cost 5 % of it):
+-- change both.
 CREATE OR REPLACE FUNCTION hopper._notify_jobs() RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

@@ -488,12 +488,12 @@ BEGIN
         );
     END IF;
     PERFORM hopper._check_specs('add_jobs', specs, true);
-    -- one pass (each unnest of a large array costs as much as a test)
+    -- one pass (each unnest of a large array costs as much as a test);
+    -- any_due came from _plain_batch
     SELECT
         bool_or(s.job_key IS NOT NULL),
-        bool_or(s.queue_name IS NOT NULL),
-        bool_or(coalesce(s.run_at, now()) <= now())
-    INTO any_keyed, any_queued, any_due
+        bool_or(s.queue_name IS NOT NULL)
+    INTO any_keyed, any_queued
     FROM unnest(specs) AS s;
     IF NOT any_keyed THEN
         -- the common case: one INSERT, whose RETURNING gives the records
