@@ -271,6 +271,32 @@ def test_a_claim_of_any_task_finds_every_task_with_pending_jobs(conn):
     assert left.fetchone()["n"] == 0
 
 
+# two names whose keys in jobs_pending_by_task (hashtext) are the same
+COLLIDING = ("task-907", "task-364899")
+
+
+@pytest.mark.parametrize("claimed_tasks", [[COLLIDING[1]], [COLLIDING[1], "other"]])
+def test_a_claim_of_named_tasks_skips_jobs_of_a_task_whose_key_collides(conn, claimed_tasks):
+    first, second = COLLIDING
+    keys = conn.execute("SELECT hashtext(%s) AS a, hashtext(%s) AS b", COLLIDING).fetchone()
+    assert keys["a"] == keys["b"]
+    ahead = [add_job(conn, first, priority=-1)["id"] for _ in range(3)]
+    wanted = [add_job(conn, second)["id"] for _ in range(2)]
+    add_job(conn, "other", priority=5)
+    claimed = claim(conn, "w1", task_identifiers=claimed_tasks, batch_size=2)
+    assert [j["id"] for j in claimed] == wanted
+    assert {j["task_identifier"] for j in claimed} == {second}
+    assert [j["id"] for j in claim(conn, "w2", task_identifiers=[first], batch_size=5)] == ahead
+
+
+@pytest.mark.parametrize("tasks", [list(COLLIDING), None], ids=["both named", "any task"])
+def test_tasks_whose_keys_collide_are_claimed_together_in_claim_order(conn, tasks):
+    ids = [add_job(conn, COLLIDING[n % 2], priority=-n)["id"] for n in range(4)]
+    claimed = claim(conn, "w1", task_identifiers=tasks, batch_size=3)
+    assert [j["id"] for j in claimed] == ids[::-1][:3]
+    assert [j["id"] for j in claim(conn, "w2", task_identifiers=tasks)] == [ids[0]]
+
+
 def test_a_task_ahead_of_the_others_takes_more_than_its_fair_share(conn):
     # a first read of twice a fair share (4 jobs a task) has all of lead's
     # jobs in the batch: lead is read again, to the batch size
