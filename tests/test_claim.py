@@ -297,6 +297,39 @@ def test_tasks_whose_keys_collide_are_claimed_together_in_claim_order(conn, task
     assert [j["id"] for j in claim(conn, "w2", task_identifiers=tasks)] == [ids[0]]
 
 
+def test_concurrent_claimers_of_tasks_whose_keys_collide_take_each_job_once(dsn, conn):
+    first, second = COLLIDING
+    tasks = [first, second, "t0"]
+    specs = [{"identifier": tasks[i % 3], "priority": i % 2} for i in range(300)]
+    call(conn, "add_jobs", Jsonb(specs))
+    claimed: dict[int, str] = {}
+    wrong: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    def worker(name: str, wanted: list[str]) -> None:
+        with psycopg.connect(dsn, autocommit=True) as own:
+            while rows := own.execute(
+                "SELECT id, task_identifier FROM hopper.get_jobs(%s, %s, batch_size => 5)",
+                [name, wanted],
+            ).fetchall():
+                with lock:
+                    for job_id, task in rows:
+                        if task not in wanted or job_id in claimed:
+                            wrong.append((name, job_id, task))
+                        claimed[job_id] = task
+
+    threads = [
+        threading.Thread(target=worker, args=(f"w{i}", [first] if i % 2 else [second, "t0"]))
+        for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert sorted(claimed.values()) == sorted(spec["identifier"] for spec in specs)
+
+
 def test_a_task_ahead_of_the_others_takes_more_than_its_fair_share(conn):
     # a first read of twice a fair share (4 jobs a task) has all of lead's
     # jobs in the batch: lead is read again, to the batch size
