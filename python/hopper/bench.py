@@ -453,7 +453,6 @@ class Run:
         self.sizes = sizes
         self.repeat = repeat
         self.figures: list[Figure] = []
-        self.runs: dict[Any, list[float]] = {}
         self.notes: list[str] = []
         self.work_dir = Path(tempfile.mkdtemp(prefix="hopper-bench-"))
         self.graphile_folder: Path | None = None
@@ -483,13 +482,11 @@ class Run:
                 results[key].append(measure())
         return results
 
-    def median_of(self, measures: dict[Any, Callable[[], float]]) -> dict[Any, float]:
-        """Each measure's median; its runs go into the JSON with its figure."""
-        medians = {}
-        for key, runs in self.medians(measures).items():
-            self.runs[key] = [round(run, 2) for run in runs]
-            medians[key] = statistics.median(runs)
-        return medians
+    def add_median(self, workload: str, system: str, variant: str, runs: list[float],
+                   unit: str) -> None:  # fmt: skip
+        """The median of runs as the figure; the runs themselves go into the JSON."""
+        self.add(workload, system, variant, statistics.median(runs), unit,
+                 runs=[round(run, 2) for run in runs])  # fmt: skip
 
     def add(self, workload: str, system: str, variant: str, value: float, unit: str,
             **extra: Any) -> None:  # fmt: skip
@@ -513,9 +510,8 @@ class Run:
                 measures[(system.name, f"{producers} producer(s)", "jobs/s")] = (
                     lambda s=system, p=producers: enqueue_single(s, n, p)
                 )
-        for (name, variant, unit), value in self.median_of(measures).items():
-            self.add("enqueue-single", name, variant, value, unit,
-                     runs=self.runs[(name, variant, unit)])  # fmt: skip
+        for (name, variant, unit), runs in self.medians(measures).items():
+            self.add_median("enqueue-single", name, variant, runs, unit)
 
     def enqueue_bulk(self) -> None:
         n = self.sizes.bulk
@@ -529,9 +525,8 @@ class Run:
                 measures[(system.name, f"batches of {batch:,}", "jobs/s")] = (
                     lambda s=system, b=batch: enqueue_bulk(s, n, b)
                 )
-        for (name, variant, unit), value in self.median_of(measures).items():
-            self.add("enqueue-bulk", name, variant, value, unit,
-                     runs=self.runs[(name, variant, unit)])  # fmt: skip
+        for (name, variant, unit), runs in self.medians(measures).items():
+            self.add_median("enqueue-bulk", name, variant, runs, unit)
 
     def process(self) -> None:
         n = self.sizes.process
@@ -553,8 +548,8 @@ class Run:
             )
             for system, label, processes, concurrency in configurations
         }
-        for (name, variant), value in self.median_of(measures).items():
-            self.add("process", name, variant, value, "jobs/s", runs=self.runs[(name, variant)])
+        for (name, variant), runs in self.medians(measures).items():
+            self.add_median("process", name, variant, runs, "jobs/s")
 
     def latency(self) -> None:
         measures = {
