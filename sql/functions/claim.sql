@@ -257,7 +257,6 @@ AS $$
 DECLARE
     candidate_keys integer[] := CASE
         WHEN task_identifiers IS NULL THEN hopper._pending_task_keys()
-        WHEN cardinality(task_identifiers) = 1 THEN ARRAY[hashtext(task_identifiers[1])]
         ELSE ARRAY(SELECT DISTINCT hashtext(t.name) FROM unnest(task_identifiers) AS t (name))
     END;
     -- a single candidate key needs no probe of its first job: it takes the batch
