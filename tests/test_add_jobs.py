@@ -26,6 +26,27 @@ def test_rows_come_back_in_input_order_with_outcomes(conn):
     assert len(jobs(conn)) == 4
 
 
+def test_plain_batch_records_follow_input_order(conn):
+    """The plain path reads the array without sorting it; records and ids keep its order."""
+    later = "2100-01-01T00:00:00Z"
+    specs = [
+        {"identifier": f"t{i % 7}", "payload": {"n": i}} | ({"run_at": later} if i % 5 == 0 else {})
+        for i in range(3000)
+    ]
+    rows = call(conn, "add_jobs", Jsonb(specs))
+    assert [r["payload"]["n"] for r in rows] == list(range(3000))
+    assert [r["task_identifier"] for r in rows] == [f"t{i % 7}" for i in range(3000)]
+    assert [r["state"] for r in rows] == [
+        "scheduled" if i % 5 == 0 else "pending" for i in range(3000)
+    ]
+    ids = [r["id"] for r in rows]
+    assert ids == sorted(ids) and len(set(ids)) == 3000
+    stored = conn.execute("SELECT id, payload FROM hopper._jobs ORDER BY id").fetchall()
+    assert [(r["id"], r["payload"]["n"]) for r in stored] == list(
+        zip(ids, range(3000), strict=True)
+    )
+
+
 def test_composite_array_form_matches_jsonb_form(conn):
     rows = conn.execute(
         "SELECT * FROM hopper.add_jobs(ARRAY["

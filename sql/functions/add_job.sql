@@ -456,16 +456,19 @@ BEGIN
     SELECT p.all_plain, p.any_due INTO all_plain, any_due FROM hopper._plain_batch(specs) AS p;
     IF all_plain THEN
         -- the common batch: the INSERT, columns and records of _insert_jobs,
-        -- here because a call of it would copy every record once more
+        -- here because a call of it would copy every record once more. The
+        -- array is unnested in a select list, which hands its elements on
+        -- in array order as it reads them; unnest in FROM stores all of
+        -- them first and needed a sort by ordinality to say so (6 ms of
+        -- 100,000 jobs). test_add_jobs checks the order.
         RETURN QUERY
         INSERT INTO hopper._jobs AS i (task_identifier, payload, state, run_at)
         SELECT
-            s.identifier,
-            coalesce(s.payload, '{}'),
-            CASE WHEN s.run_at > now() THEN 'scheduled' ELSE 'pending' END,
-            coalesce(s.run_at, now())
-        FROM unnest(specs) WITH ORDINALITY AS s
-        ORDER BY s.ordinality
+            (u.spec).identifier,
+            coalesce((u.spec).payload, '{}'),
+            CASE WHEN (u.spec).run_at > now() THEN 'scheduled' ELSE 'pending' END,
+            coalesce((u.spec).run_at, now())
+        FROM (SELECT unnest(specs) AS spec) AS u
         RETURNING
             i.id, i.task_identifier, i.payload, i.queue_name, i.state,
             i.priority::integer, i.run_at, i.attempts::integer, i.max_attempts::integer,
