@@ -394,7 +394,21 @@ CREATE OR REPLACE FUNCTION hopper._plain_batch(
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    max_payload_bytes integer;
+    max_batch_size integer;
 BEGIN
+    SELECT
+        max(l.value) FILTER (WHERE l.name = 'max_payload_bytes')::integer,
+        max(l.value) FILTER (WHERE l.name = 'max_batch_size')::integer
+    INTO max_payload_bytes, max_batch_size
+    FROM hopper.settings AS l
+    WHERE l.name IN ('max_payload_bytes', 'max_batch_size');
+    IF NOT coalesce(cardinality(specs) <= max_batch_size, false) THEN
+        all_plain := false;
+        RETURN;
+    END IF;
+    -- the limits as variables, not joined to every spec: 3-6 ms of 100,000
     SELECT
         bool_and(coalesce(
             -- a first character in ASCII ! to ~: not blank
@@ -406,22 +420,13 @@ BEGIN
             ) = 0
             AND (s.payload IS NULL OR (
                 jsonb_typeof(s.payload) IN ('object', 'array')
-                AND pg_column_size(s.payload) <= limits.max_payload_bytes
+                AND pg_column_size(s.payload) <= max_payload_bytes
             )),
             false
-        )) AND count(*) <= min(limits.max_batch_size),
+        )),
         bool_or(coalesce(s.run_at, now()) <= now())
     INTO all_plain, any_due
-    FROM unnest(specs) AS s
-    CROSS JOIN (
-        SELECT
-            max(l.value) FILTER (WHERE l.name = 'max_payload_bytes')::integer
-                AS max_payload_bytes,
-            max(l.value) FILTER (WHERE l.name = 'max_batch_size')::integer
-                AS max_batch_size
-        FROM hopper.settings AS l
-        WHERE l.name IN ('max_payload_bytes', 'max_batch_size')
-    ) AS limits;
+    FROM unnest(specs) AS s;
 END
 $$;
 
