@@ -221,12 +221,16 @@ $$;
 
 -- Deletes finished jobs past their retention (or, with older_than, every
 -- finished job that finished before now() - older_than). Returns the count.
+-- The bound on finished_at lets the delete read jobs_finished_at from its
+-- oldest entry up to the bound, not every finished job that is kept.
 CREATE OR REPLACE FUNCTION hopper.prune(older_than interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    completed_before timestamptz;
+    failed_before timestamptz;
     pruned bigint;
 BEGIN
     IF older_than < interval '0' THEN
@@ -234,15 +238,19 @@ BEGIN
             'older_than must not be negative (got %s)', older_than
         ));
     END IF;
+    completed_before := now() - coalesce(
+        older_than, hopper._setting('completed_retention')::interval
+    );
+    failed_before := now() - coalesce(
+        older_than, hopper._setting('failed_retention')::interval
+    );
+    -- finished_at is set exactly on finished jobs (jobs_state_consistent)
     DELETE FROM hopper._jobs AS j
-    WHERE j.state IN ('completed', 'failed', 'cancelled')
-        AND j.finished_at < now() - coalesce(
-            older_than,
-            CASE j.state
-                WHEN 'completed' THEN hopper._setting('completed_retention')::interval
-                ELSE hopper._setting('failed_retention')::interval
-            END
-        );
+    WHERE j.finished_at < greatest(completed_before, failed_before)
+        AND j.finished_at < CASE j.state
+            WHEN 'completed' THEN completed_before
+            ELSE failed_before
+        END;
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END
