@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from plans import plan_with, shared_buffers_touched, statement_plans
 from sqlcalls import add_job, call, claim
 
@@ -32,3 +34,39 @@ def test_rescue_looks_for_silent_workers_among_live_ones_only(conn):
     assert conn.execute("SELECT state FROM hopper._jobs WHERE id = %s", [target]).fetchone() == {
         "state": "pending"
     }
+
+
+WORKER_CALLS = {
+    "heartbeat": "SELECT * FROM hopper.heartbeat('w1')",
+    "rescue_stale_jobs": "SELECT id FROM hopper.rescue_stale_jobs('30 seconds')",
+    "force_unlock_workers": "SELECT * FROM hopper.force_unlock_workers(ARRAY['gone'])",
+    "unregister_worker": "SELECT * FROM hopper.unregister_worker('w1')",
+}
+
+
+def test_worker_calls_read_running_jobs_through_their_index(conn):
+    """Each of these finds a worker's running jobs by state alone; with 100,000
+    pending and 100,000 finished jobs none may read the table through."""
+    conn.execute(
+        "INSERT INTO hopper._jobs (task_identifier, state, finished_at)"
+        " SELECT 't', CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'completed' END,"
+        " CASE WHEN i % 2 = 1 THEN now() END FROM generate_series(1, 200000) AS i"
+    )
+    call(conn, "register_worker", "w1")
+    for _ in range(3):
+        add_job(conn, "work")
+    claimed = {row["id"] for row in claim(conn, "w1", batch_size=3)}
+    assert len(claimed) == 3
+    conn.execute("ANALYZE hopper._jobs")
+    for name, query in WORKER_CALLS.items():
+        plans = statement_plans(conn, query, None, f"hopper.{name}(")
+        scans = [p for p in plans if "Seq Scan on _jobs" in p]
+        assert not scans, (name, scans)
+        for plan in plans:
+            removed = [int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)]
+            assert max(removed, default=0) < 100, (name, plan)
+    # unregister_worker ran last: the worker's jobs are back to pending
+    states = conn.execute(
+        "SELECT state FROM hopper._jobs WHERE id = any(%s)", [list(claimed)]
+    ).fetchall()
+    assert states == [{"state": "pending"}] * 3
