@@ -2,12 +2,11 @@
 -- and the predicate of each partial index. Three constraints and two
 -- predicates compared state with lists of names: a pending job took 13 text
 -- comparisons before it was stored, now 4. One constraint tests state once
--- per row against the rules
--- of all three (pending first), and jobs_finished_at tests the column it
--- indexes, whose nullness those rules tie to the state. jobs_running_locked_at
--- keeps its predicate: heartbeat and rescue find a worker's running jobs
--- through it with "state = 'running'" alone, which does not imply
--- "locked_at IS NOT NULL" to the planner.
+-- per row against the rules of all three (pending first), and
+-- jobs_finished_at tests the column it indexes, whose nullness those rules
+-- tie to the state. jobs_running_locked_at keeps its predicate: heartbeat and
+-- rescue find a worker's running jobs through it with "state = 'running'"
+-- alone, which does not imply "locked_at IS NOT NULL" to the planner.
 ALTER TABLE hopper._jobs
 DROP CONSTRAINT jobs_state_known,
 DROP CONSTRAINT jobs_locked_iff_running,
