@@ -14,7 +14,7 @@ WORKER = PRODUCER | {
     "register_worker", "unregister_worker", "heartbeat", "get_jobs", "get_job", "complete_job",
     "complete_claimed_jobs", "complete_claimed_job_ids", "fail_job", "fail_claimed_jobs",
     "release_jobs",
-    "rescue_stale_jobs", "set_progress",
+    "rescue_stale_jobs", "set_progress", "enqueue_due_schedules",
 }  # fmt: skip
 
 # one harmless call per operation; "me" is replaced by the role's name
@@ -35,6 +35,10 @@ OPERATIONS = {
     "release_jobs": "SELECT hopper.release_jobs('me', ARRAY[1]::bigint[])",
     "rescue_stale_jobs": "SELECT hopper.rescue_stale_jobs()",
     "set_progress": "SELECT hopper.set_progress('me', 1, 5)",
+    "enqueue_due_schedules": "SELECT hopper.enqueue_due_schedules()",
+    "add_schedule": "SELECT hopper.add_schedule('s', '@daily', 't')",
+    "remove_schedule": "SELECT hopper.remove_schedule('s')",
+    "read schedules view": "SELECT * FROM hopper.schedules",
     "cancel_jobs": "SELECT hopper.cancel_jobs(ARRAY[1]::bigint[])",
     "retry_jobs": "SELECT hopper.retry_jobs(ARRAY[1]::bigint[])",
     "complete_jobs": "SELECT hopper.complete_jobs(ARRAY[1]::bigint[])",

@@ -164,6 +164,11 @@ class Database:
         query = self.call("rescue_stale_jobs", "make_interval(secs => %s)")
         return [Job.from_row(row) for row in await self.rows(query, [stale_after])]
 
+    async def enqueue_due_schedules(self) -> int:
+        """How many jobs the schedules' due firings added."""
+        rows = await self.rows(self.call("enqueue_due_schedules", "", "count(*) AS added"), [])
+        return int(rows[0]["added"])
+
     async def unregister(self, worker_id: str) -> None:
         await self.rows(self.call("unregister_worker", "%s"), [worker_id])
 

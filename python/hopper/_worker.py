@@ -69,6 +69,7 @@ class Worker:
         grace_period: float = 10.0,
         heartbeat_interval: float = 5.0,
         stale_after: float = 30.0,
+        schedule_interval: float = 60.0,
         schema: str = "hopper",
         worker_id: str | None = None,
     ) -> None:
@@ -82,6 +83,7 @@ class Worker:
         self.grace_period = grace_period
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
+        self.schedule_interval = schedule_interval
         self.worker_id = worker_id or new_worker_id()
         self.db = Database(dsn_or_conn, schema, pool_size=3)
         self._transactions = self.db.job_transaction if self.db.dsn else None
@@ -110,6 +112,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._report_forever()),
             asyncio.create_task(self._heartbeat_forever()),
+            asyncio.create_task(self._enqueue_schedules_forever()),
         ]
         if self.listen and self.db.dsn:
             helpers.append(
@@ -263,6 +266,17 @@ class Worker:
                 await self._identity_lost()
             except psycopg.OperationalError as error:
                 logger.warning("heartbeat failed (%s)", error)
+
+    async def _enqueue_schedules_forever(self) -> None:
+        """Enqueue the firings schedules owe, at start and every schedule_interval
+        (enqueue_due_schedules enqueues each firing once, however many workers call)."""
+        while True:
+            try:
+                if await self.db.enqueue_due_schedules():
+                    self._wake.set()
+            except psycopg.OperationalError as error:
+                logger.warning("enqueueing due schedules failed (%s)", error)
+            await asyncio.sleep(self.schedule_interval)
 
     async def _identity_lost(self) -> None:
         """Our id was retired (we looked dead): our jobs run elsewhere now, so drop
