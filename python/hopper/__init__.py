@@ -1,5 +1,6 @@
 """hopper: a PostgreSQL job queue whose behaviour lives in versioned SQL."""
 
+from hopper._crontab import CrontabError, CrontabItem, parse_crontab, sync_crontab
 from hopper._migrate import MigrationError, migrate
 from hopper._options import JobSpec, batch_ref, parse_duration
 from hopper._producer import add_job, add_jobs, quick_add_job
@@ -8,6 +9,8 @@ from hopper._tasks import JobContext, PermanentFailure, TaskRegistry
 from hopper._worker import Worker, run_once, run_worker
 
 __all__ = [
+    "CrontabError",
+    "CrontabItem",
     "Job",
     "JobContext",
     "JobSpec",
@@ -21,8 +24,10 @@ __all__ = [
     "add_jobs",
     "batch_ref",
     "migrate",
+    "parse_crontab",
     "parse_duration",
     "quick_add_job",
     "run_once",
     "run_worker",
+    "sync_crontab",
 ]

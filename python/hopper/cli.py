@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from hopper._crontab import CrontabError, parse_crontab, sync_crontab
 from hopper._migrate import MigrationError, migrate, validate_schema
 from hopper._producer import quick_add_job
 from hopper._tasks import TaskRegistry
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="rescue jobs of workers silent this long (default 30)",
+    )
+    worker.add_argument(
+        "--crontab",
+        metavar="FILE",
+        help="sync this crontab (graphile-worker's format) into the schedules first",
     )
 
     add = commands.add_parser("add-job", help="add a job")
@@ -159,6 +165,8 @@ def _worker(args: argparse.Namespace) -> int:
     validate_schema(args.schema)
     tasks = load_registry(args.tasks)
     _check_installed(args.database_url, args.schema)
+    if args.crontab:
+        _sync_crontab(args.database_url, args.schema, Path(args.crontab))
     worker = Worker(
         args.database_url,
         tasks,
@@ -182,6 +190,24 @@ def _worker(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _sync_crontab(dsn: str, schema: str, path: Path) -> None:
+    try:
+        items = parse_crontab(path.read_text())
+    except OSError as error:
+        raise UsageError(f"cannot read --crontab {path}: {error}") from error
+    except CrontabError as error:
+        raise UsageError(f"{path}: {error}") from error
+    with psycopg.connect(dsn) as conn:
+        try:
+            sync_crontab(conn, items, schema)
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise UsageError(
+                "--crontab needs a role that may call add_schedule (the schema's owner)"
+            ) from error
+        except psycopg.errors.DataException as error:
+            raise UsageError(f"{path}: {error.diag.message_primary}") from error
 
 
 def _check_installed(dsn: str, schema: str) -> None:
