@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +10,7 @@ import pytest
 import worker_tasks
 from psycopg.types.json import Jsonb
 from sqlcalls import call, call_one
-from workerprocs import wait_until
+from workerprocs import wait_until, worker_in_thread
 
 import hopper
 
@@ -218,10 +217,7 @@ def test_a_running_worker_enqueues_and_runs_due_firings(dsn, conn):
     call(conn, "add_schedule", "s", "* * * * *", "echo", {"from": "cron"})
     conn.execute("UPDATE hopper._schedules SET created_at = now() - interval '90 seconds'")
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=2, schedule_interval=0.2)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
-    thread.start()
-    try:
+    with worker_in_thread(worker):
         wait_until(
             lambda: conn.execute(
                 "SELECT 1 FROM hopper.jobs WHERE task_identifier = 'echo' AND state = 'completed'"
@@ -229,15 +225,14 @@ def test_a_running_worker_enqueues_and_runs_due_firings(dsn, conn):
             timeout=10,
             what="the firing's job to run",
         )
-    finally:
-        loop.call_soon_threadsafe(worker.stop)
-        thread.join(timeout=15)
-    assert not thread.is_alive()
-    (fired,) = conn.execute("SELECT payload, run_at FROM hopper.jobs").fetchall()
-    assert fired["payload"]["from"] == "cron" and fired["payload"]["_cron"]["backfilled"] is False
-    assert fired["run_at"].second == 0
+    # one firing, or two if a minute began while the test ran
+    fired = conn.execute("SELECT payload, run_at FROM hopper.jobs ORDER BY run_at").fetchall()
+    assert 1 <= len(fired) <= 2, fired
+    for row in fired:
+        assert row["payload"]["from"] == "cron" and row["payload"]["_cron"]["backfilled"] is False
+        assert row["run_at"].second == 0 and row["run_at"].microsecond == 0
     last = conn.execute("SELECT last_fired_at FROM hopper.schedules").fetchone()["last_fired_at"]
-    assert last == fired["run_at"]
+    assert last == fired[-1]["run_at"]
 
 
 def test_a_schedule_that_cannot_enqueue_warns_and_leaves_the_others_alone(conn):

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 
 import pytest
 import worker_tasks
 from sqlcalls import add_job, job
-from workerprocs import wait_until
+from workerprocs import wait_until, worker_in_thread
 
 import hopper
 
 
 def test_idle_worker_starts_a_new_job_well_before_its_poll_interval(dsn, conn):
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=2, poll_interval=30)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
-    thread.start()
-    try:
+    with worker_in_thread(worker):
         wait_until(
             lambda: conn.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE application_name = 'hopper-listener'"
@@ -36,10 +31,6 @@ def test_idle_worker_starts_a_new_job_well_before_its_poll_interval(dsn, conn):
                 wait_until(lambda a=added: job(conn, a)["state"] == "completed", 5, "completion")
             )
         assert max(latencies) < 1.0, latencies
-    finally:
-        loop.call_soon_threadsafe(worker.stop)
-        thread.join(timeout=15)
-    assert not thread.is_alive()
 
 
 def test_job_committed_after_the_worker_ran_dry_runs_long_before_the_poll(dsn, conn, connect):
@@ -47,11 +38,8 @@ def test_job_committed_after_the_worker_ran_dry_runs_long_before_the_poll(dsn, c
     only worker is busy (so no NOTIFY) and committed after it ran dry: the worker's
     quick re-polls after running dry must find it, not its 30 s poll."""
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=30)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
     waiting = "SELECT bool_or(waiting) AS w FROM hopper._workers WHERE retired_at IS NULL"
-    thread.start()
-    try:
+    with worker_in_thread(worker):
         busy = add_job(conn, "slow_sync", {"seconds": 0.5})["id"]
         wait_until(lambda: job(conn, busy)["state"] == "running", 10, "the slow job to start")
         assert conn.execute(waiting).fetchone()["w"] is False
@@ -62,10 +50,6 @@ def test_job_committed_after_the_worker_ran_dry_runs_long_before_the_poll(dsn, c
         producer.execute("COMMIT")
         took = wait_until(lambda: job(conn, late)["state"] == "completed", 10, "the late job")
         assert took < 2.5, took
-    finally:
-        loop.call_soon_threadsafe(worker.stop)
-        thread.join(timeout=15)
-    assert not thread.is_alive()
 
 
 def test_worker_rejects_bad_concurrency(dsn):
@@ -78,16 +62,9 @@ def test_a_serial_queue_runs_back_to_back_not_at_poll_speed(dsn, conn):
     its report is in, instead of waiting for a poll."""
     conn.execute("SELECT hopper.set_queue('serial', 1)")
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=4, poll_interval=30)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
-    thread.start()
-    try:
+    with worker_in_thread(worker):
         for _ in range(20):
             add_job(conn, "echo", {}, queue_name="serial")
         done = "SELECT count(*) AS n FROM hopper.jobs WHERE state = 'completed'"
         took = wait_until(lambda: conn.execute(done).fetchone()["n"] == 20, 20, "20 completions")
         assert took < 1.0, took
-    finally:
-        loop.call_soon_threadsafe(worker.stop)
-        thread.join(timeout=15)
-    assert not thread.is_alive()

@@ -1,16 +1,22 @@
-"""Start `hopper worker` subprocesses for tests and wait on database conditions."""
+"""Start `hopper worker` subprocesses (or a Worker in a thread) for tests, and wait on
+database conditions."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+
+import hopper
 
 TESTS_DIR = Path(__file__).parent
 
@@ -61,3 +67,18 @@ def scalar(dsn: str, query: str, params: list | None = None):
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query, params or []).fetchone()
     return row[0] if row else None
+
+
+@contextmanager
+def worker_in_thread(worker: hopper.Worker) -> Iterator[None]:
+    """Runs ``worker.run()`` on its own event loop in a thread while the block runs,
+    then stops it and checks that it stopped."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(worker.run()))
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(timeout=15)
+    assert not thread.is_alive()
