@@ -318,8 +318,8 @@ BEGIN
         payload = excluded.payload,
         job_options = excluded.job_options,
         backfill = excluded.backfill,
-        timezone = excluded.timezone;
-    SELECT * INTO added FROM hopper._schedules AS s WHERE s.name = add_schedule.name;
+        timezone = excluded.timezone
+    RETURNING * INTO added;
     RETURN added;
 END
 $$;
