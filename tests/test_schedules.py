@@ -251,3 +251,11 @@ def test_a_schedule_that_cannot_enqueue_warns_and_leaves_the_others_alone(conn):
         {"name": "a_big", "last_fired_at": None},
         {"name": "b_small", "last_fired_at": T0 + timedelta(hours=1)},
     ]
+
+
+def test_run_once_enqueues_due_firings_then_runs_them(dsn, conn):
+    call(conn, "add_schedule", "s", "* * * * *", "echo", {"from": "cron"})
+    conn.execute("UPDATE hopper._schedules SET created_at = now() - interval '61 seconds'")
+    assert hopper.run_once(dsn, worker_tasks.tasks) >= 1
+    states = conn.execute("SELECT DISTINCT state FROM hopper.jobs").fetchall()
+    assert states == [{"state": "completed"}]

@@ -134,11 +134,13 @@ class Worker:
             logger.info("worker %s stopped", self.worker_id)
 
     async def run_once(self) -> int:
-        """Run every job due now (for tests and cron-style use); returns the count."""
+        """Enqueue what the schedules owe, then run every job due now (for tests and
+        cron-style use); returns the count."""
         self._loop = asyncio.get_running_loop()
         await self.db.open()
         ran = 0
         try:
+            await self.db.enqueue_due_schedules()
             while True:
                 jobs = await self._claim(self.concurrency)
                 if not jobs:
