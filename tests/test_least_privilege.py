@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import psycopg
 import pytest
+import worker_tasks
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call
+
+import hopper
 
 PRODUCER = {"add_job", "add_jobs", "job_status"}
 WORKER = PRODUCER | {
@@ -102,3 +107,16 @@ def test_worker_role_runs_a_job_end_to_end(dsn, roles):
 def test_grant_to_unknown_role_is_a_clear_error(conn):
     with pytest.raises(psycopg.errors.UndefinedObject, match='role_name "ghost" is not a role'):
         call(conn, "grant_worker", "ghost")
+
+
+def test_a_worker_role_granted_before_schedules_existed_still_runs_jobs(dsn, roles, caplog):
+    """Upgrading adds enqueue_due_schedules; a role granted earlier lacks it until
+    grant_worker runs again. Its worker warns and runs jobs all the same."""
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute(f"REVOKE EXECUTE ON FUNCTION hopper.enqueue_due_schedules FROM {worker_role}")
+        add_job(owner, "echo", {})
+    caplog.set_level(logging.WARNING, logger="hopper")
+    ran = hopper.run_once(make_conninfo(dsn, user=worker_role), worker_tasks.tasks)
+    assert ran == 1
+    assert "may not call enqueue_due_schedules" in caplog.text

@@ -140,7 +140,7 @@ class Worker:
         await self.db.open()
         ran = 0
         try:
-            await self.db.enqueue_due_schedules()
+            await self._enqueue_schedules()
             while True:
                 jobs = await self._claim(self.concurrency)
                 if not jobs:
@@ -272,13 +272,24 @@ class Worker:
     async def _enqueue_schedules_forever(self) -> None:
         """Enqueue the firings schedules owe, at start and every schedule_interval
         (enqueue_due_schedules enqueues each firing once, however many workers call)."""
-        while True:
-            try:
-                if await self.db.enqueue_due_schedules():
-                    self._wake.set()
-            except psycopg.OperationalError as error:
-                logger.warning("enqueueing due schedules failed (%s)", error)
+        while await self._enqueue_schedules():
             await asyncio.sleep(self.schedule_interval)
+
+    async def _enqueue_schedules(self) -> bool:
+        """One call of enqueue_due_schedules; False when this role may not make it
+        (a role granted before schedules existed), which no retry mends."""
+        try:
+            if await self.db.enqueue_due_schedules():
+                self._wake.set()
+        except psycopg.errors.InsufficientPrivilege:
+            logger.warning(
+                "this role may not call enqueue_due_schedules, so this worker enqueues no"
+                " schedules: run grant_worker for it again"
+            )
+            return False
+        except psycopg.OperationalError as error:
+            logger.warning("enqueueing due schedules failed (%s)", error)
+        return True
 
     async def _identity_lost(self) -> None:
         """Our id was retired (we looked dead): our jobs run elsewhere now, so drop
