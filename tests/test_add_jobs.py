@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call, jobs
 
@@ -98,14 +97,6 @@ def test_batch_of_many_sends_one_notification(conn, connect):
     call(conn, "add_jobs", Jsonb([{"identifier": "t"}] * 500))
     assert len(list(listener.notifies(timeout=0.3))) == 1
     assert len(jobs(conn)) == 500
-
-
-def test_batch_references_are_not_supported_yet(conn):
-    with pytest.raises(Exception, match="not supported yet"):
-        call(
-            conn, "add_jobs", Jsonb([{"identifier": "a"}, {"identifier": "b", "depends_on": [-1]}])
-        )
-    assert jobs(conn) == []
 
 
 def test_records_of_inserted_jobs_are_the_view_rows(conn):

@@ -217,8 +217,20 @@ BEGIN
                 'job_key_mode must be one of replace, preserve_run_at, unsafe_dedupe, '
                 'dedupe (got "%s")', s.job_key_mode
             )]
-            WHEN cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0
-                THEN ARRAY['0A000', 'depends_on and depends_on_tags are not supported yet']
+            WHEN array_position(s.depends_on, NULL) IS NOT NULL
+                THEN ARRAY['22004', 'depends_on must not contain null']
+            -- -(i + 1) names the spec at index i of the same call
+            WHEN (SELECT min(d.ref) FROM unnest(s.depends_on) AS d (ref)) < -cardinality(specs)
+                THEN ARRAY['22023', format(
+                    'depends_on refers to the spec at index %s, but the call has %s spec(s)',
+                    -(SELECT min(d.ref) FROM unnest(s.depends_on) AS d (ref)) - 1,
+                    cardinality(specs)
+                )]
+            WHEN array_position(s.depends_on_tags, NULL) IS NOT NULL
+                THEN ARRAY['22004', 'depends_on_tags must not contain null']
+            WHEN s.depends_on_tags IS NOT NULL AND EXISTS (
+                SELECT FROM unnest(s.depends_on_tags) AS t (label) WHERE t.label ~ '^\s*$'
+            ) THEN ARRAY['22023', 'depends_on_tags must not contain a blank element']
             WHEN s.timeout <= interval '0' THEN ARRAY['22023', format(
                 'timeout must be positive (got %s)', s.timeout
             )]

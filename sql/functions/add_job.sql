@@ -108,6 +108,9 @@ BEGIN
         backoff_delay = spec.backoff_delay,
         backoff_max = spec.backoff_max,
         dead_letter = spec.dead_letter,
+        -- _hold_dependents stores the spec's dependencies, if any
+        depends_on = NULL,
+        depends_on_tags = NULL,
         attempts = 0,
         last_error = NULL,
         progress = NULL,
@@ -115,6 +118,10 @@ BEGIN
         updated_at = now()
     WHERE j.id = existing.id
     RETURNING * INTO replaced;
+    IF existing.tags IS NOT NULL AND existing.tags IS DISTINCT FROM replaced.tags THEN
+        -- it may have been the last job holding a barrier's tags
+        PERFORM hopper._settle_dependents('{}', existing.tags);
+    END IF;
     RETURN replaced;
 END
 $$;
@@ -363,9 +370,19 @@ AS $$
 DECLARE
     job_id bigint;
     outcome text;
+    job_ids bigint[];
+    outcomes text[];
     added hopper.added_job;
 BEGIN
     PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
+    IF cardinality(spec.depends_on) > 0 OR cardinality(spec.depends_on_tags) > 0 THEN
+        PERFORM hopper._check_batch_cycles('add_job', ARRAY[spec], false);
+        SELECT a.ids, a.outcomes INTO job_ids, outcomes
+        FROM hopper._apply_specs(ARRAY[spec]) AS a;
+        PERFORM hopper._hold_dependents('add_job', ARRAY[spec], job_ids, outcomes, false);
+        SELECT v.*, outcomes[1] INTO added FROM hopper.jobs AS v WHERE v.id = job_ids[1];
+        RETURN added;
+    END IF;
     IF spec.job_key IS NOT NULL THEN
         SELECT a.ids[1], a.outcomes[1] INTO job_id, outcome
         FROM hopper._apply_specs(ARRAY[spec]) AS a;
@@ -448,6 +465,7 @@ DECLARE
     all_plain boolean;
     any_keyed boolean;
     any_queued boolean;
+    any_dependent boolean;
     any_due boolean;
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
@@ -499,10 +517,11 @@ BEGIN
     -- any_due came from _plain_batch
     SELECT
         bool_or(s.job_key IS NOT NULL),
-        bool_or(s.queue_name IS NOT NULL)
-    INTO any_keyed, any_queued
+        bool_or(s.queue_name IS NOT NULL),
+        bool_or(cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0)
+    INTO any_keyed, any_queued, any_dependent
     FROM unnest(specs) AS s;
-    IF NOT any_keyed THEN
+    IF NOT any_keyed AND NOT any_dependent THEN
         -- the common case: one INSERT, whose RETURNING gives the records
         IF any_queued THEN
             PERFORM hopper._ensure_spec_queues(specs);
@@ -513,7 +532,13 @@ BEGIN
         END IF;
         RETURN;
     END IF;
+    IF any_dependent THEN
+        PERFORM hopper._check_batch_cycles('add_jobs', specs, true);
+    END IF;
     SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
+    IF any_dependent THEN
+        PERFORM hopper._hold_dependents('add_jobs', specs, job_ids, outcomes, true);
+    END IF;
     -- a job key can update or dedupe to an existing job: those are read
     -- back through the hopper.jobs view, the one definition of a record
     RETURN QUERY

@@ -67,6 +67,34 @@ BEGIN
 END
 $$;
 
+-- A removed job never completes (and, gone, would count as completed): its
+-- waiting dependents are cancelled, and the jobs behind its tags settled.
+CREATE OR REPLACE FUNCTION hopper._cancel_dependents_of_removed(removed hopper._jobs)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dependents hopper._jobs[];
+BEGIN
+    WITH cancelled AS (
+        UPDATE hopper._jobs AS w SET
+            state = 'cancelled',
+            last_error = format('prerequisite job %s removed', removed.id),
+            finished_at = now(),
+            updated_at = now()
+        WHERE w.state = 'waiting' AND w.depends_on && ARRAY[removed.id]
+        RETURNING w.*
+    )
+
+    SELECT array_agg(c) INTO dependents FROM cancelled AS c;
+    PERFORM hopper._settle_dependents_of(dependents);
+    IF removed.tags IS NOT NULL THEN
+        PERFORM hopper._settle_dependents('{}', removed.tags);
+    END IF;
+END
+$$;
+
 -- Deletes the active job holding job_key if nobody holds it; a running one
 -- keeps running without its key and is not retried. Returns the job or NULL.
 CREATE OR REPLACE FUNCTION hopper.remove_job(job_key text)
@@ -86,6 +114,8 @@ BEGIN
         SET key = NULL, max_attempts = j.attempts, updated_at = now()
         WHERE j.key = job_key AND j.state = 'running'
         RETURNING * INTO removed;
+    ELSE
+        PERFORM hopper._cancel_dependents_of_removed(removed);
     END IF;
     RETURN hopper._present(removed);
 END
@@ -125,6 +155,7 @@ BEGIN
 
     SELECT array_agg(t) INTO unlocked FROM target AS t;
     PERFORM hopper._release_queue_slots(ARRAY(SELECT u.queue_name FROM unnest(unlocked) AS u));
+    PERFORM hopper._settle_dependents_of(unlocked);
     IF cardinality(unlocked) > 0 THEN
         PERFORM hopper._notify_jobs();
     END IF;

@@ -28,6 +28,7 @@ BEGIN
     )
 
     SELECT array_agg(t) INTO changed FROM target AS t;
+    PERFORM hopper._settle_dependents_of(changed);
     PERFORM pg_notify('hopper_cancel', c.id::text)
     FROM unnest(changed) AS c
     WHERE c.state = 'running';
@@ -39,18 +40,24 @@ END
 $$;
 
 -- Makes failed or cancelled jobs runnable now with attempts reset. A job whose
--- key another active job holds now is skipped.
+-- key another active job holds now is skipped. A job with dependencies
+-- waits for them again (and is cancelled again while one is failed).
 CREATE OR REPLACE FUNCTION hopper.retry_jobs(job_ids bigint[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    retried_ids bigint[];
+    held bigint[];
 BEGIN
     PERFORM hopper._check_required('retry_jobs', 'job_ids', job_ids IS NULL);
-    RETURN QUERY
     WITH retried AS (
         UPDATE hopper._jobs AS j SET
-            state = 'pending',
+            state = CASE
+                WHEN j.depends_on IS NOT NULL OR j.depends_on_tags IS NOT NULL THEN 'waiting'
+                ELSE 'pending'
+            END,
             run_at = now(),
             attempts = 0,
             finished_at = NULL,
@@ -64,14 +71,20 @@ BEGIN
                 WHERE holder.key = j.key AND holder.id <> j.id
                     AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
             )
-        RETURNING j.*
+        RETURNING j.id, j.state
     )
 
-    SELECT p.* FROM retried AS r
-    CROSS JOIN LATERAL hopper._present(r) AS p
-    ORDER BY p.id;
-    IF FOUND THEN
+    SELECT array_agg(r.id), array_agg(r.id ORDER BY r.id) FILTER (WHERE r.state = 'waiting')
+    INTO retried_ids, held
+    FROM retried AS r;
+    IF held IS NOT NULL THEN
+        -- a prerequisite pruned since counts as completed
+        PERFORM hopper._lock_prerequisites(held);
+        PERFORM hopper._settle_held(held);
+    END IF;
+    IF retried_ids IS NOT NULL THEN
         PERFORM hopper._notify_jobs();
     END IF;
+    RETURN QUERY SELECT v.* FROM hopper.jobs AS v WHERE v.id = any(retried_ids) ORDER BY v.id;
 END
 $$;

@@ -532,6 +532,7 @@ BEGIN
 
     SELECT array_agg(t) INTO released FROM target AS t;
     PERFORM hopper._release_queue_slots(ARRAY(SELECT r.queue_name FROM unnest(released) AS r));
+    PERFORM hopper._settle_dependents_of(released);
     IF EXISTS (SELECT FROM unnest(released) AS r WHERE r.state = 'pending') THEN
         PERFORM hopper._notify_jobs();
     END IF;

@@ -4,7 +4,7 @@
 -- completed_retention 0 the rows are deleted instead, and with with_rows
 -- gone holds them as they were. With owner, only jobs that owner currently
 -- holds (the fence: a stale worker changes nothing); without, only active
--- jobs nobody holds.
+-- jobs nobody holds. Then settles the jobs waiting on them.
 CREATE OR REPLACE FUNCTION hopper._complete_ids(
     job_ids bigint[], results jsonb[], owner text, with_rows boolean,
     OUT ids bigint[], OUT gone hopper._jobs[]
@@ -14,6 +14,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     done_queues text[];
+    done_tags text[];
 BEGIN
     IF hopper._setting('completed_retention')::interval = interval '0' THEN
         WITH deleted AS (
@@ -24,11 +25,13 @@ BEGIN
                     WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
                     ELSE j.state = 'running' AND j.locked_by = owner
                 END
-            RETURNING j.id, j.queue_name, CASE WHEN with_rows THEN j END AS job
+            RETURNING j.id, j.queue_name, j.tags, CASE WHEN with_rows THEN j END AS job
         )
 
-        SELECT array_agg(d.id), array_agg(d.queue_name), array_agg(d.job) FILTER (WHERE with_rows)
-        INTO ids, done_queues, gone
+        SELECT
+            array_agg(d.id), array_agg(d.queue_name), array_agg(d.job) FILTER (WHERE with_rows),
+            (SELECT array_agg(DISTINCT t.tag) FROM deleted AS e, unnest(e.tags) AS t (tag))
+        INTO ids, done_queues, gone, done_tags
         FROM deleted AS d;
     ELSE
         -- No separate SELECT ... FOR UPDATE: the UPDATE re-checks its WHERE on
@@ -49,14 +52,21 @@ BEGIN
                     WHEN owner IS NULL THEN j.state IN ('waiting', 'scheduled', 'pending')
                     ELSE j.state = 'running' AND j.locked_by = owner
                 END
-            RETURNING j.id, j.queue_name
+            RETURNING j.id, j.queue_name, j.tags
         )
 
-        SELECT array_agg(c.id), array_agg(c.queue_name) INTO ids, done_queues
+        SELECT
+            array_agg(c.id), array_agg(c.queue_name),
+            (SELECT array_agg(DISTINCT t.tag) FROM completed AS e, unnest(e.tags) AS t (tag))
+        INTO ids, done_queues, done_tags
         FROM completed AS c;
     END IF;
     IF owner IS NOT NULL AND ids IS NOT NULL THEN
         PERFORM hopper._release_queue_slots(done_queues);
+    END IF;
+    -- a later statement than the UPDATE: see dependencies.sql
+    IF ids IS NOT NULL THEN
+        PERFORM hopper._settle_dependents(ids, done_tags);
     END IF;
     ids := coalesce(ids, '{}');
 END

@@ -137,6 +137,7 @@ BEGIN
 
     SELECT array_agg(f) INTO changed FROM failed AS f;
     PERFORM hopper._release_queue_slots(ARRAY(SELECT c.queue_name FROM unnest(changed) AS c));
+    PERFORM hopper._settle_dependents_of(changed);
     IF EXISTS (SELECT FROM unnest(changed) AS c WHERE c.state = 'pending') THEN
         PERFORM hopper._notify_jobs();
     END IF;
@@ -238,6 +239,7 @@ BEGIN
     )
 
     SELECT array_agg(t) INTO failed FROM target AS t;
+    PERFORM hopper._settle_dependents_of(failed);
     RETURN QUERY
     SELECT p.*
     FROM hopper._send_dead_letters(failed) AS f

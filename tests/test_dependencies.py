@@ -1,0 +1,439 @@
+"""Dependencies (SPEC.md 3.4): depends_on, batch references, tag barriers,
+cancellation of dependents, and the races between adding a dependent and
+ending its prerequisites."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+
+import psycopg
+import pytest
+import worker_tasks
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from sqlcalls import add_job, call, call_one, claim, job
+
+import hopper
+
+
+def state(conn, job_id: int) -> str:
+    return job(conn, job_id)["state"]
+
+
+def run(conn, job_id: int, worker: str = "w1") -> None:
+    """Claims job_id (the only runnable one) and completes it."""
+    assert [j["id"] for j in claim(conn, worker)] == [job_id]
+    assert call_one(conn, "complete_job", worker, job_id)["state"] == "completed"
+
+
+def add_batch(conn, *specs: dict) -> list[dict]:
+    return call(conn, "add_jobs", Jsonb(list(specs)))
+
+
+def test_dependent_waits_until_its_prerequisite_completes(conn):
+    first = add_job(conn, "a")["id"]
+    second = add_job(conn, "b", depends_on=[first])
+    assert (second["state"], second["depends_on"]) == ("waiting", [first])
+    assert state(conn, second["id"]) == "waiting"
+    run(conn, first)
+    assert state(conn, second["id"]) == "pending"
+    run(conn, second["id"])
+
+
+def test_dependent_of_several_waits_for_every_one(conn):
+    a, b = add_job(conn, "a")["id"], add_job(conn, "b")["id"]
+    both = add_job(conn, "c", depends_on=[a, b])["id"]
+    claimed = [j["id"] for j in claim(conn, "w1", batch_size=5)]
+    assert claimed == [a, b]
+    call(conn, "complete_job", "w1", b)
+    assert state(conn, both) == "waiting"
+    call(conn, "complete_job", "w1", a)
+    assert state(conn, both) == "pending"
+
+
+def test_completed_prerequisite_is_already_satisfied(conn):
+    done = add_job(conn, "a")["id"]
+    run(conn, done)
+    assert add_job(conn, "b", depends_on=[done])["state"] == "pending"
+
+
+def test_released_future_job_is_scheduled_and_release_notifies(conn, connect):
+    conn.execute("SELECT hopper.set_setting('notify', 'always')")
+    listener = connect()
+    listener.execute("LISTEN hopper_jobs")
+    first = add_job(conn, "a")["id"]
+    later = add_job(conn, "b", depends_on=[first], run_at="2100-01-01T00:00:00Z")["id"]
+    now = add_job(conn, "c", depends_on=[first])["id"]
+    list(listener.notifies(timeout=0.2))
+    run(conn, first)
+    assert len(list(listener.notifies(timeout=0.3))) >= 1
+    assert (state(conn, later), state(conn, now)) == ("scheduled", "pending")
+
+
+def test_batch_references_name_specs_of_the_same_call(conn):
+    rows = add_batch(
+        conn,
+        {"identifier": "fetch"},
+        {"identifier": "parse", "depends_on": [-1]},
+        {"identifier": "report", "depends_on": [-2, -4]},
+        {"identifier": "setup"},
+    )
+    fetch, parse, report, setup = (r["id"] for r in rows)
+    assert [r["depends_on"] for r in rows] == [None, [fetch], [parse, setup], None]
+    assert [r["state"] for r in rows] == ["pending", "waiting", "waiting", "pending"]
+    claimed = [j["id"] for j in claim(conn, "w1", batch_size=10)]
+    assert claimed == [fetch, setup]
+    call(conn, "complete_claimed_job_ids", "w1", claimed)
+    assert (state(conn, parse), state(conn, report)) == ("pending", "waiting")
+    run(conn, parse)
+    assert state(conn, report) == "pending"
+
+
+def test_python_batch_ref_and_run_once_run_a_chain_in_order(dsn, conn):
+    specs = [
+        hopper.JobSpec("echo", {"step": 1}),
+        hopper.JobSpec("echo", {"step": 2}, depends_on=[hopper.batch_ref(0)]),
+        hopper.JobSpec("echo", {"step": 3}, depends_on=[hopper.batch_ref(1)]),
+    ]
+    with psycopg.connect(dsn) as producer, producer.transaction():
+        added = hopper.add_jobs(producer, specs)
+    assert [j.state for j in added] == [
+        hopper.JobState.PENDING,
+        hopper.JobState.WAITING,
+        hopper.JobState.WAITING,
+    ]
+    assert added[2].depends_on == [added[1].id]
+    while hopper.run_once(dsn, worker_tasks.tasks):
+        pass
+    ran = [job(conn, j.id) for j in added]
+    assert [r["state"] for r in ran] == ["completed"] * 3
+    assert ran[0]["finished_at"] <= ran[1]["started_at"]
+    assert ran[1]["finished_at"] <= ran[2]["started_at"]
+
+
+@pytest.mark.parametrize(
+    ("specs", "index"),
+    [
+        ([{"depends_on": [-1]}], 0),
+        ([{}, {"depends_on": [-3]}, {"depends_on": [-2]}], 1),
+        ([{"depends_on": [-2]}, {"depends_on": [-3]}, {"depends_on": [-1]}], 0),
+    ],
+)
+def test_cycles_through_batch_references_are_rejected(conn, specs, index):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
+        add_batch(conn, *({"identifier": "t"} | s for s in specs))
+    assert raised.value.diag.message_primary == (
+        f"add_jobs: spec at index {index}: depends_on makes a dependency cycle"
+        " through batch references"
+    )
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+def test_forward_references_without_a_cycle_are_fine(conn):
+    rows = add_batch(conn, {"identifier": "last", "depends_on": [-2]}, {"identifier": "first"})
+    assert rows[0]["depends_on"] == [rows[1]["id"]]
+    assert [r["state"] for r in rows] == ["waiting", "pending"]
+
+
+def test_a_missing_prerequisite_raises_23503_and_adds_nothing(conn):
+    existing = add_job(conn, "a")["id"]
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        add_batch(
+            conn,
+            {"identifier": "ok", "depends_on": [existing]},
+            {"identifier": "bad", "depends_on": [existing, 999999]},
+        )
+    assert raised.value.diag.message_primary == (
+        "add_jobs: spec at index 1: depends_on names job 999999, which does not exist"
+    )
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 1
+
+
+def test_failed_prerequisite_cancels_dependents_transitively(conn):
+    root = add_job(conn, "a", max_attempts=1)["id"]
+    rows = add_batch(
+        conn,
+        {"identifier": "b", "depends_on": [root]},
+        {"identifier": "c", "depends_on": [-1]},
+        {"identifier": "d", "depends_on": [-2]},
+        {"identifier": "bystander"},
+    )
+    b, c, d, bystander = (r["id"] for r in rows)
+    claim(conn, "w1", task_identifiers=["a"])
+    assert call_one(conn, "fail_job", "w1", root, "boom")["state"] == "failed"
+    ended = {j: job(conn, j) for j in (b, c, d, bystander)}
+    assert [ended[j]["state"] for j in (b, c, d)] == ["cancelled"] * 3
+    assert ended[b]["last_error"] == f"prerequisite job {root} failed"
+    assert ended[c]["last_error"] == f"prerequisite job {b} cancelled"
+    assert ended[d]["last_error"] == f"prerequisite job {c} cancelled"
+    assert all(ended[j]["finished_at"] is not None for j in (b, c, d))
+    assert ended[bystander]["state"] == "pending"
+
+
+def test_a_retry_of_a_failing_prerequisite_keeps_dependents_waiting(conn):
+    root = add_job(conn, "a", max_attempts=3)["id"]
+    dependent = add_job(conn, "b", depends_on=[root])["id"]
+    claim(conn, "w1")
+    assert call_one(conn, "fail_job", "w1", root, "flaky")["state"] == "scheduled"
+    assert state(conn, dependent) == "waiting"
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled"])
+def test_dependent_of_an_ended_prerequisite_is_created_cancelled(conn, ending):
+    gone = add_job(conn, "a")["id"]
+    if ending == "failed":
+        call(conn, "permanently_fail_jobs", [gone], "no")
+    else:
+        call(conn, "cancel_jobs", [gone])
+    late = add_job(conn, "b", depends_on=[gone])
+    assert (late["state"], late["last_error"]) == ("cancelled", f"prerequisite job {gone} {ending}")
+    assert late["finished_at"] is not None
+
+
+def test_cancelling_a_waiting_prerequisite_cancels_its_dependents(conn):
+    root = add_job(conn, "a")["id"]
+    middle = add_job(conn, "b", depends_on=[root])["id"]
+    leaf = add_job(conn, "c", depends_on=[middle])["id"]
+    assert [c["id"] for c in call(conn, "cancel_jobs", [middle], "changed my mind")] == [middle]
+    assert (state(conn, middle), state(conn, leaf), state(conn, root)) == (
+        "cancelled",
+        "cancelled",
+        "pending",
+    )
+    assert job(conn, leaf)["last_error"] == f"prerequisite job {middle} cancelled"
+
+
+def test_running_prerequisite_asked_to_cancel_cancels_dependents_when_it_ends(conn):
+    root = add_job(conn, "a")["id"]
+    dependent = add_job(conn, "b", depends_on=[root])["id"]
+    claim(conn, "w1")
+    call(conn, "cancel_jobs", [root])
+    assert state(conn, dependent) == "waiting"
+    call(conn, "fail_job", "w1", root, "CancelledError")
+    assert state(conn, dependent) == "cancelled"
+
+
+def test_removed_prerequisite_cancels_its_dependents(conn):
+    root = add_job(conn, "a", job_key="k")["id"]
+    dependent = add_job(conn, "b", depends_on=[root])["id"]
+    assert call_one(conn, "remove_job", "k")["id"] == root
+    assert job(conn, dependent)["state"] == "cancelled"
+    assert job(conn, dependent)["last_error"] == f"prerequisite job {root} removed"
+
+
+def test_admin_completion_releases_dependents(conn):
+    root = add_job(conn, "a")["id"]
+    dependent = add_job(conn, "b", depends_on=[root])["id"]
+    call(conn, "complete_jobs", [root])
+    assert state(conn, dependent) == "pending"
+
+
+def test_retried_dependent_waits_again_for_a_retried_prerequisite(conn):
+    root = add_job(conn, "a")["id"]
+    dependent = add_job(conn, "b", depends_on=[root])["id"]
+    call(conn, "permanently_fail_jobs", [root])
+    assert state(conn, dependent) == "cancelled"
+    (again,) = call(conn, "retry_jobs", [dependent])
+    assert again["state"] == "cancelled"  # its prerequisite is still failed
+    call(conn, "retry_jobs", [root])
+    (again,) = call(conn, "retry_jobs", [dependent])
+    assert (again["state"], again["attempts"]) == ("waiting", 0)
+    run(conn, root)
+    assert state(conn, dependent) == "pending"
+
+
+def test_with_completed_retention_zero_a_deleted_prerequisite_counts_as_completed(conn):
+    call(conn, "set_setting", "completed_retention", "0")
+    root = add_job(conn, "a")["id"]
+    dependent = add_job(conn, "b", depends_on=[root])["id"]
+    claim(conn, "w1")
+    call(conn, "complete_claimed_job_ids", "w1", [root])
+    assert job(conn, root) is None or job(conn, root)["id"] is None
+    assert state(conn, dependent) == "pending"
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"names job {root}"):
+        add_job(conn, "c", depends_on=[root])
+
+
+def test_replacing_a_waiting_keyed_job_takes_the_new_dependencies(conn):
+    a, b = add_job(conn, "a")["id"], add_job(conn, "b")["id"]
+    keyed = add_job(conn, "k", job_key="key", depends_on=[a])
+    assert keyed["state"] == "waiting"
+    replaced = add_job(conn, "k", job_key="key", depends_on=[b])
+    assert (replaced["id"], replaced["outcome"]) == (keyed["id"], "updated")
+    assert (replaced["state"], replaced["depends_on"]) == ("waiting", [b])
+    freed = add_job(conn, "k", job_key="key")
+    assert (freed["state"], freed["depends_on"]) == ("pending", None)
+
+
+def test_deduped_spec_leaves_the_existing_job_as_it_is(conn):
+    a = add_job(conn, "a")["id"]
+    first = add_job(conn, "k", job_key="key", job_key_mode="dedupe")
+    again = add_job(conn, "k", job_key="key", job_key_mode="dedupe", depends_on=[a])
+    assert (again["outcome"], again["state"], again["depends_on"]) == ("deduped", "pending", None)
+    assert again["id"] == first["id"]
+
+
+def test_tag_barrier_waits_for_other_active_jobs_holding_all_its_tags(conn):
+    holder_a = add_job(conn, "import", tags=["import:42", "shard:1"])["id"]
+    holder_b = add_job(conn, "import", tags=["import:42"])["id"]
+    partial = add_job(conn, "other", tags=["shard:1"])["id"]
+    barrier = add_job(conn, "report", depends_on_tags=["import:42"], tags=["import:42"])
+    assert (barrier["state"], barrier["depends_on_tags"]) == ("waiting", ["import:42"])
+    claimed = [j["id"] for j in claim(conn, "w1", batch_size=10)]
+    assert claimed == [holder_a, holder_b, partial]
+    call(conn, "complete_job", "w1", holder_a)
+    call(conn, "complete_job", "w1", partial)
+    assert state(conn, barrier["id"]) == "waiting"
+    call(conn, "fail_job", "w1", holder_b, "bad", permanent=True)
+    assert state(conn, barrier["id"]) == "pending"
+
+
+def test_tag_barrier_with_no_holder_does_not_wait(conn):
+    add_job(conn, "x", tags=["a"])
+    assert add_job(conn, "after", depends_on_tags=["a", "b"])["state"] == "pending"
+
+
+def test_tag_barrier_counts_jobs_of_the_same_call(conn):
+    rows = add_batch(
+        conn,
+        {"identifier": "after", "depends_on_tags": ["batch"]},
+        {"identifier": "work", "tags": ["batch"]},
+    )
+    assert [r["state"] for r in rows] == ["waiting", "pending"]
+    run(conn, rows[1]["id"])
+    assert state(conn, rows[0]["id"]) == "pending"
+
+
+def test_barrier_released_when_its_last_holder_is_cancelled_or_retagged(conn):
+    holder = add_job(conn, "work", tags=["t"], job_key="holder")["id"]
+    second = add_job(conn, "work", tags=["t"])["id"]
+    barrier = add_job(conn, "after", depends_on_tags=["t"])["id"]
+    call(conn, "cancel_jobs", [second])
+    assert state(conn, barrier) == "waiting"
+    assert add_job(conn, "work", job_key="holder", tags=["u"])["id"] == holder
+    assert state(conn, barrier) == "pending"
+
+
+def test_both_kinds_must_be_satisfied(conn):
+    prerequisite = add_job(conn, "a")["id"]
+    holder = add_job(conn, "b", tags=["t"])["id"]
+    both = add_job(conn, "c", depends_on=[prerequisite], depends_on_tags=["t"])["id"]
+    claim(conn, "w1", batch_size=2)
+    call(conn, "complete_job", "w1", prerequisite)
+    assert state(conn, both) == "waiting"
+    call(conn, "complete_job", "w1", holder)
+    assert state(conn, both) == "pending"
+
+
+def test_completion_with_many_unrelated_waiting_jobs_reads_only_its_dependents(conn):
+    """Settling costs work in proportion to the dependents of the ended job."""
+    from plans import plan_with, shared_buffers_touched, statement_plans
+
+    blockers = [add_job(conn, "blocker")["id"] for _ in range(2)]
+    conn.execute(
+        "INSERT INTO hopper._jobs (task_identifier, state, depends_on, depends_on_tags)"
+        " SELECT 'w', 'waiting', ARRAY[%s::bigint], ARRAY['tag' || i]"
+        " FROM generate_series(1, 50000) AS i",
+        [blockers[1]],
+    )
+    dependent = add_job(conn, "mine", depends_on=[blockers[0]])["id"]
+    conn.execute("ANALYZE hopper._jobs")
+    claim(conn, "w1", task_identifiers=["blocker"], batch_size=1)
+    query = "SELECT hopper.complete_claimed_job_ids('w1', %s)"
+    plans = statement_plans(conn, query, [[blockers[0]]], "hopper.complete_claimed_job_ids(")
+    lookup = plan_with(plans, "jobs_waiting_on_jobs")
+    assert "Seq Scan" not in lookup
+    assert shared_buffers_touched(lookup) <= 30, lookup
+    assert state(conn, dependent) == "pending"
+
+
+def race(*actions) -> None:
+    """Runs the actions at the same moment, each in its own thread."""
+    barrier = threading.Barrier(len(actions))
+    errors: list[BaseException] = []
+
+    def start(action) -> None:
+        try:
+            barrier.wait()
+            action()
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(a,)) for a in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_dependent_added_in_a_transaction_open_while_its_prerequisite_completes(conn, connect, dsn):
+    """The producer locks the prerequisite: the completion waits for its commit
+    and then releases the dependent it could not see before."""
+    root = add_job(conn, "root")["id"]
+    claim(conn, "w1")
+    with psycopg.connect(dsn, row_factory=dict_row) as producer:
+        leaf = add_job(producer, "leaf", depends_on=[root])["id"]
+        worker = connect()
+        completing = threading.Thread(target=call, args=(worker, "complete_job", "w1", root))
+        completing.start()
+        completing.join(0.3)
+        assert completing.is_alive()  # waiting for the producer
+        producer.commit()
+    completing.join()
+    assert (state(conn, root), state(conn, leaf)) == ("completed", "pending")
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail"])
+def test_dependent_added_while_its_prerequisite_ends_uncommitted(conn, connect, dsn, ending):
+    """The producer waits for the ending transaction and then sees the job ended."""
+    root = add_job(conn, "root", max_attempts=1)["id"]
+    claim(conn, "w1")
+    with psycopg.connect(dsn, row_factory=dict_row) as worker:
+        if ending == "complete":
+            call(worker, "complete_job", "w1", root)
+        else:
+            call(worker, "fail_job", "w1", root, "boom")
+        added: list[dict] = []
+        producer = connect()
+        adding = threading.Thread(
+            target=lambda: added.append(add_job(producer, "leaf", depends_on=[root]))
+        )
+        adding.start()
+        adding.join(0.3)
+        assert adding.is_alive()  # waiting for the worker
+        worker.commit()
+    adding.join()
+    expected = "pending" if ending == "complete" else "cancelled"
+    assert added[0]["state"] == expected
+    assert state(conn, added[0]["id"]) == expected
+
+
+def test_two_prerequisites_ending_at_once_release_their_dependent(conn, connect):
+    first, second = connect(), connect()
+    for _ in range(40):
+        a, b = add_job(conn, "p")["id"], add_job(conn, "p")["id"]
+        dependent = add_job(conn, "d", depends_on=[a, b])["id"]
+        claim(conn, "w1", task_identifiers=["p"], batch_size=2)
+        race(
+            partial(call, first, "complete_job", "w1", a),
+            partial(call, second, "complete_job", "w1", b),
+        )
+        assert state(conn, dependent) == "pending"
+        call(conn, "complete_jobs", [dependent])
+
+
+def test_two_barrier_holders_ending_at_once_release_the_barrier(conn, connect):
+    first, second = connect(), connect()
+    for turn in range(40):
+        tag = f"t{turn}"
+        a, b = add_job(conn, "p", tags=[tag])["id"], add_job(conn, "p", tags=[tag])["id"]
+        barrier = add_job(conn, "d", depends_on_tags=[tag])["id"]
+        claim(conn, "w1", task_identifiers=["p"], batch_size=2)
+        race(
+            partial(call, first, "complete_job", "w1", a),
+            partial(call, second, "fail_job", "w1", b, "x", permanent=True),
+        )
+        assert state(conn, barrier) == "pending"
+        call(conn, "complete_jobs", [barrier])
