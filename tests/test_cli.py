@@ -55,6 +55,24 @@ def test_add_job_with_options_then_status(dsn):
     ]
 
 
+def test_add_job_with_dependencies(dsn):
+    first = json.loads(hopper("add-job", "echo", dsn=dsn).stdout)["id"]
+    added = hopper(
+        "add-job", "echo", "--depends-on", str(first), "--depends-on-tag", "import", dsn=dsn
+    )
+    assert added.returncode == 0, added.stderr
+    reply = json.loads(added.stdout)
+    assert reply["state"] == "waiting"
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT depends_on, depends_on_tags FROM hopper.jobs WHERE id = %s", [reply["id"]]
+        ).fetchone()
+    assert row == ([first], ["import"])
+    missing = hopper("add-job", "echo", "--depends-on", "424242", dsn=dsn)
+    assert missing.returncode != 0
+    assert "depends_on names job 424242, which does not exist" in missing.stderr
+
+
 def test_worker_once_runs_due_jobs(dsn):
     hopper("add-job", "add", '{"a": 20, "b": 22}', dsn=dsn)
     ran = hopper("worker", "--tasks", "worker_tasks:tasks", "--once", dsn=dsn)

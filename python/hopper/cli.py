@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--job-key-mode")
     add.add_argument("--flag", dest="flags", action="append")
     add.add_argument("--tag", dest="tags", action="append")
+    add.add_argument("--depends-on", dest="depends_on", type=int, action="append", metavar="JOB_ID")
+    add.add_argument("--depends-on-tag", dest="depends_on_tags", action="append", metavar="TAG")
 
     cancel = commands.add_parser("cancel", help="cancel jobs (running ones are asked to stop)")
     cancel.add_argument("job_ids", nargs="+", type=int)
@@ -225,7 +227,7 @@ def _check_installed(dsn: str, schema: str) -> None:
 
 ADD_JOB_FLAGS = (
     "run_at", "delay", "queue_name", "priority", "max_attempts", "job_key", "job_key_mode",
-    "flags", "tags",
+    "flags", "tags", "depends_on", "depends_on_tags",
 )  # fmt: skip
 
 

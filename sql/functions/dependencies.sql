@@ -132,8 +132,9 @@ $$;
 -- Called after jobs ended (completed, failed, cancelled): settles the
 -- waiting jobs that depend on them or whose barrier tags they held, and in
 -- turn the dependents of those it cancels. ended_tags is the union of the
--- ended jobs' tags. Completions call it: while no job waits, its lookup
--- reads two empty indexes.
+-- ended jobs' tags. Every completion calls it: while no job waits, it costs
+-- one probe of jobs_waiting (the GIN lookups of 100 ids cost a tenth of a
+-- batch's claim and completion).
 CREATE OR REPLACE FUNCTION hopper._settle_dependents(ended_ids bigint[], ended_tags text[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -144,6 +145,12 @@ DECLARE
     settled record;
     any_runnable boolean := false;
 BEGIN
+    -- the finished_at test is jobs_waiting's predicate
+    IF NOT EXISTS (
+        SELECT FROM hopper._jobs AS w WHERE w.state = 'waiting' AND w.finished_at IS NULL
+    ) THEN
+        RETURN;
+    END IF;
     LOOP
         -- found through the GIN indexes, locked in id order
         candidates := ARRAY(

@@ -1,9 +1,7 @@
 -- Dependencies (SPEC.md 3.4). A waiting job names the jobs it waits for in
 -- depends_on and its tag barrier in depends_on_tags. A job that ends finds
 -- the waiting jobs it may release or cancel through these two indexes, so
--- the work is in proportion to its dependents; while no job waits they are
--- empty, and the lookup a completion makes costs almost nothing. Without
--- fastupdate: a GIN pending list is read whole by every lookup, and every
+-- the work is in proportion to its dependents. Without fastupdate: a GIN pending list is read whole by every lookup, and every
 -- completion looks.
 CREATE INDEX jobs_waiting_on_jobs ON hopper._jobs USING gin (depends_on)
 WITH (fastupdate = off)
@@ -12,6 +10,13 @@ WHERE state = 'waiting';
 CREATE INDEX jobs_waiting_on_tags ON hopper._jobs USING gin (depends_on_tags)
 WITH (fastupdate = off)
 WHERE state = 'waiting';
+
+-- Whether any job waits, in one probe: a completion asks it first. Its
+-- predicate names finished_at (NULL on every waiting job) so that no query
+-- but that question can use it: a lookup of dependents planned while few
+-- jobs wait would otherwise read this index whole instead of the GIN ones.
+CREATE INDEX jobs_waiting ON hopper._jobs (id)
+WHERE state = 'waiting' AND finished_at IS NULL;
 
 -- The active jobs that hold tags: the holders of a tag barrier.
 CREATE INDEX jobs_active_tags ON hopper._jobs USING gin (tags)
