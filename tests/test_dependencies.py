@@ -136,6 +136,20 @@ def test_forward_references_without_a_cycle_are_fine(conn):
     assert [r["state"] for r in rows] == ["waiting", "pending"]
 
 
+def test_long_chains_of_forward_references_and_a_long_cycle(conn):
+    """The cycle check walks each reference once: a 2,000-spec chain written
+    last-first passes, the same chain closed into a ring is refused."""
+    count = 2000
+    chain = [{"identifier": "t", "depends_on": [-(i + 2)]} for i in range(count - 1)]
+    rows = add_batch(conn, *chain, {"identifier": "t"})
+    assert rows[0]["depends_on"] == [rows[1]["id"]]
+    assert [r["state"] for r in rows].count("waiting") == count - 1
+    ring = [{"identifier": "t", "depends_on": [-((i + 1) % count + 1)]} for i in range(count)]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"index 0: .* cycle"):
+        add_batch(conn, *ring)
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == count
+
+
 def test_a_missing_prerequisite_raises_23503_and_adds_nothing(conn):
     existing = add_job(conn, "a")["id"]
     with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:

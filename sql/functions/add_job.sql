@@ -535,7 +535,16 @@ BEGIN
     IF any_dependent THEN
         PERFORM hopper._check_batch_cycles('add_jobs', specs, true);
     END IF;
-    SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
+    IF any_keyed THEN
+        SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
+    ELSE
+        -- _apply_specs picks the unkeyed specs out one by one (specs[i])
+        IF any_queued THEN
+            PERFORM hopper._ensure_spec_queues(specs);
+        END IF;
+        job_ids := ARRAY(SELECT i.id FROM hopper._insert_jobs(specs) AS i ORDER BY i.id);
+        outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
+    END IF;
     IF any_dependent THEN
         PERFORM hopper._hold_dependents('add_jobs', specs, job_ids, outcomes, true);
     END IF;

@@ -17,8 +17,9 @@
 --   the lock was granted. Of two prerequisites ending at once, the second to
 --   get the lock sees the first, so one of them releases the job.
 
--- Rejects batch references that make a cycle. A cycle has a reference to
--- the spec itself or to a later one, so only those are followed.
+-- Rejects batch references that make a cycle: a depth-first walk over the
+-- references (O(specs + references)). Only a reference to the spec itself or
+-- to a later one can close a cycle, so batches without one skip the walk.
 CREATE OR REPLACE FUNCTION hopper._check_batch_cycles(
     fn text, specs hopper.job_spec[], name_index boolean
 ) RETURNS void
@@ -26,59 +27,87 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    spec_count integer := cardinality(specs);
+    target integer[];          -- the referenced spec of each reference, by source
+    first_ref integer[];       -- where each spec's references start in target
+    colour integer[];          -- 0 unseen, 1 on the walk's path, 2 done
+    path integer[];
+    next_ref integer[];
+    depth integer;
+    node integer;
     cyclic integer;
 BEGIN
-    WITH RECURSIVE reference (source, target) AS (
-        SELECT g.i, -d.ref
-        FROM generate_subscripts(specs, 1) AS g (i)
-        CROSS JOIN LATERAL unnest(specs[g.i].depends_on) AS d (ref)
+    IF NOT EXISTS (
+        SELECT FROM unnest(specs) WITH ORDINALITY AS s (
+            identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
+            job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
+            backoff_max, dead_letter, n
+        )
+        CROSS JOIN LATERAL unnest(s.depends_on) AS d (ref)
+        WHERE -d.ref >= s.n
+    ) THEN
+        RETURN;
+    END IF;
+    -- references as 1-based spec numbers, grouped by source
+    WITH reference AS (
+        SELECT s.n::integer AS source, (-d.ref)::integer AS target, d.k
+        FROM unnest(specs) WITH ORDINALITY AS s (
+            identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
+            job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
+            backoff_max, dead_letter, n
+        )
+        CROSS JOIN LATERAL unnest(s.depends_on) WITH ORDINALITY AS d (ref, k)
         WHERE d.ref < 0
     ),
 
-    reach (start, node) AS (
-        SELECT r.source, r.target FROM reference AS r WHERE r.target >= r.source
-        UNION
-        SELECT reach.start, r.target
-        FROM reach INNER JOIN reference AS r ON reach.node = r.source
+    per_source AS (
+        SELECT r.source, count(*) AS refs FROM reference AS r GROUP BY r.source
     )
 
-    SELECT min(reach.start) INTO cyclic FROM reach WHERE reach.node = reach.start;
+    SELECT
+        ARRAY(SELECT r.target FROM reference AS r ORDER BY r.source, r.k),
+        ARRAY(
+            SELECT (1 + coalesce(sum(p.refs) OVER (
+                ORDER BY g.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+            ), 0))::integer
+            FROM generate_series(1, spec_count + 1) AS g (i)
+            LEFT JOIN per_source AS p ON g.i = p.source
+            ORDER BY g.i
+        )
+    INTO target, first_ref;
+    colour := array_fill(0, ARRAY[spec_count]);
+    <<walks>>
+    FOR start IN 1..spec_count LOOP
+        CONTINUE WHEN colour[start] <> 0 OR first_ref[start] = first_ref[start + 1];
+        depth := 1;
+        path[1] := start;
+        next_ref[1] := first_ref[start];
+        colour[start] := 1;
+        WHILE depth > 0 LOOP
+            node := path[depth];
+            IF next_ref[depth] = first_ref[node + 1] THEN
+                colour[node] := 2;
+                depth := depth - 1;
+                CONTINUE;
+            END IF;
+            node := target[next_ref[depth]];
+            next_ref[depth] := next_ref[depth] + 1;
+            IF colour[node] = 1 THEN
+                cyclic := node;
+                EXIT walks;
+            ELSIF colour[node] = 0 THEN
+                colour[node] := 1;
+                depth := depth + 1;
+                path[depth] := node;
+                next_ref[depth] := first_ref[node];
+            END IF;
+        END LOOP;
+    END LOOP;
     IF cyclic IS NOT NULL THEN
         PERFORM hopper._raise(fn, '22023', CASE
             WHEN name_index THEN format('spec at index %s: ', cyclic - 1)
             ELSE ''
         END || 'depends_on makes a dependency cycle through batch references');
-    END IF;
-END
-$$;
-
--- What a waiting job should become now: 'cancelled' (message names the
--- prerequisite that failed or was cancelled), 'waiting', or 'ready'.
-CREATE OR REPLACE FUNCTION hopper._waiting_verdict(
-    waiter_id bigint, prerequisite_ids bigint[], barrier_tags text[],
-    OUT verdict text, OUT message text
-)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    blocker hopper._jobs;
-BEGIN
-    SELECT * INTO blocker FROM hopper._jobs AS p
-    WHERE p.id = any(prerequisite_ids) AND p.state <> 'completed'
-    ORDER BY p.state IN ('failed', 'cancelled') DESC, p.id
-    LIMIT 1;
-    IF blocker.state IN ('failed', 'cancelled') THEN
-        verdict := 'cancelled';
-        message := format('prerequisite job %s %s', blocker.id, blocker.state);
-    ELSIF blocker.id IS NOT NULL OR EXISTS (
-        SELECT FROM hopper._jobs AS holder
-        WHERE holder.tags @> barrier_tags AND holder.id <> waiter_id
-            AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
-    ) THEN
-        verdict := 'waiting';
-    ELSE
-        verdict := 'ready';
     END IF;
 END
 $$;
@@ -94,11 +123,39 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    WITH verdict AS (
-        SELECT w.id, v.verdict, v.message
+    -- one set-based pass (a function call per job cost half of adding a
+    -- batch of dependents): the first unfinished prerequisite, failed or
+    -- cancelled ones first, then the barrier's holders if none
+    WITH blocked AS (
+        SELECT w.id, w.depends_on_tags, b.id AS blocker_id, b.state AS blocker_state
         FROM hopper._jobs AS w
-        CROSS JOIN LATERAL hopper._waiting_verdict(w.id, w.depends_on, w.depends_on_tags) AS v
+        LEFT JOIN LATERAL (
+            SELECT p.id, p.state FROM hopper._jobs AS p
+            WHERE p.id = any(w.depends_on) AND p.state <> 'completed'
+            ORDER BY p.state IN ('failed', 'cancelled') DESC, p.id
+            LIMIT 1
+        ) AS b ON true
         WHERE w.id = any(job_ids) AND w.state = 'waiting'
+    ),
+
+    verdict AS (
+        SELECT
+            k.id,
+            CASE
+                WHEN k.blocker_state IN ('failed', 'cancelled') THEN 'cancelled'
+                WHEN k.blocker_id IS NOT NULL THEN 'waiting'
+                WHEN k.depends_on_tags IS NOT NULL AND EXISTS (
+                    SELECT FROM hopper._jobs AS holder
+                    WHERE holder.tags @> k.depends_on_tags AND holder.id <> k.id
+                        AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+                ) THEN 'waiting'
+                ELSE 'ready'
+            END AS verdict,
+            CASE
+                WHEN k.blocker_state IN ('failed', 'cancelled')
+                    THEN format('prerequisite job %s %s', k.blocker_id, k.blocker_state)
+            END AS message
+        FROM blocked AS k
     ),
 
     settled AS (
@@ -184,10 +241,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     wanted bigint[] := ARRAY(
-        SELECT DISTINCT p.id
+        SELECT p.id
         FROM hopper._jobs AS w
         CROSS JOIN LATERAL unnest(w.depends_on) AS p (id)
-        WHERE w.id = any(job_ids) AND NOT p.id = any(job_ids)
+        WHERE w.id = any(job_ids)
+        EXCEPT
+        SELECT unnest(job_ids)
     );
     found bigint[];
 BEGIN
@@ -248,17 +307,23 @@ DECLARE
     culprit record;
 BEGIN
     WITH last_applied AS (
-        SELECT DISTINCT ON (ids[g.i])
-            ids[g.i] AS id,
+        SELECT DISTINCT ON (a.id)
+            a.id,
             ARRAY(
                 SELECT CASE WHEN d.ref < 0 THEN ids[-d.ref] ELSE d.ref END
-                FROM unnest(specs[g.i].depends_on) WITH ORDINALITY AS d (ref, k)
+                FROM unnest(a.depends_on) WITH ORDINALITY AS d (ref, k)
                 ORDER BY d.k
             ) AS prerequisite_ids,
-            specs[g.i].depends_on_tags AS barrier_tags
-        FROM generate_subscripts(specs, 1) AS g (i)
-        WHERE outcomes[g.i] <> 'deduped'
-        ORDER BY ids[g.i], g.i DESC
+            a.depends_on_tags AS barrier_tags
+        -- unnest, not specs[i]: finding an element of an array of composites
+        -- walks the array from its start
+        FROM unnest(specs, ids, outcomes) WITH ORDINALITY AS a (
+            identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
+            job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
+            backoff_max, dead_letter, id, outcome, n
+        )
+        WHERE a.outcome <> 'deduped'
+        ORDER BY a.id, a.n DESC
     ),
 
     stored AS (
@@ -279,11 +344,15 @@ BEGIN
     END IF;
     missing := hopper._lock_prerequisites(held);
     IF cardinality(missing) > 0 THEN
-        SELECT g.i - 1 AS spec_index, m.id INTO culprit
-        FROM generate_subscripts(specs, 1) AS g (i)
+        SELECT a.n - 1 AS spec_index, m.id INTO culprit
+        FROM unnest(specs) WITH ORDINALITY AS a (
+            identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
+            job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
+            backoff_max, dead_letter, n
+        )
         CROSS JOIN unnest(missing) AS m (id)
-        WHERE m.id = any(specs[g.i].depends_on)
-        ORDER BY g.i, m.id
+        WHERE m.id = any(a.depends_on)
+        ORDER BY a.n, m.id
         LIMIT 1;
         PERFORM hopper._raise(fn, '23503', CASE
             WHEN name_index THEN format('spec at index %s: ', culprit.spec_index)
