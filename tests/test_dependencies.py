@@ -280,6 +280,24 @@ def test_replacing_a_waiting_keyed_job_takes_the_new_dependencies(conn):
     assert (freed["state"], freed["depends_on"]) == ("pending", None)
 
 
+def test_a_replace_that_would_make_a_job_wait_for_itself_is_refused(conn):
+    keyed = add_job(conn, "k", job_key="key")["id"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
+        add_job(conn, "k", job_key="key", depends_on=[keyed])
+    assert raised.value.diag.message_primary == (
+        f"add_job: depends_on makes a dependency cycle: job {keyed} would wait for itself"
+    )
+    middle = add_job(conn, "m", depends_on=[keyed])["id"]
+    leaf = add_job(conn, "l", depends_on=[middle])["id"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="cycle"):
+        add_job(conn, "k", job_key="key", depends_on=[leaf])
+    assert (state(conn, keyed), job(conn, keyed)["depends_on"]) == ("pending", None)
+    assert (
+        add_job(conn, "k", job_key="key", depends_on=[add_job(conn, "x")["id"]])["state"]
+        == "waiting"
+    )
+
+
 def test_deduped_spec_leaves_the_existing_job_as_it_is(conn):
     a = add_job(conn, "a")["id"]
     first = add_job(conn, "k", job_key="key", job_key_mode="dedupe")

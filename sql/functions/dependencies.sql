@@ -291,6 +291,36 @@ BEGIN
 END
 $$;
 
+-- A job-key replace gives an existing job new prerequisites, which may
+-- already wait for it, directly or through other waiting jobs: a cycle no
+-- batch reference shows. Walks up from the replaced jobs' prerequisites
+-- through waiting jobs (their ancestry, not every waiting job).
+CREATE OR REPLACE FUNCTION hopper._check_replaced_cycles(fn text, replaced_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cyclic bigint;
+BEGIN
+    WITH RECURSIVE prerequisite (id) AS (
+        SELECT unnest(r.depends_on) FROM hopper._jobs AS r WHERE r.id = any(replaced_ids)
+        UNION
+        SELECT unnest(w.depends_on)
+        FROM prerequisite AS p
+        INNER JOIN hopper._jobs AS w ON p.id = w.id
+        WHERE w.state = 'waiting'
+    )
+
+    SELECT min(p.id) INTO cyclic FROM prerequisite AS p WHERE p.id = any(replaced_ids);
+    IF cyclic IS NOT NULL THEN
+        PERFORM hopper._raise(fn, '22023', format(
+            'depends_on makes a dependency cycle: job %s would wait for itself', cyclic
+        ));
+    END IF;
+END
+$$;
+
 -- After _apply_specs: stores each applied spec's dependencies on its job
 -- (batch references resolved to the ids of their specs) and settles those
 -- jobs. The last spec applied to a job decides its dependencies. An id that
@@ -341,6 +371,12 @@ BEGIN
     SELECT array_agg(s.id ORDER BY s.id) INTO held FROM stored AS s;
     IF held IS NULL THEN
         RETURN;
+    END IF;
+    IF 'updated' = any(outcomes) THEN
+        PERFORM hopper._check_replaced_cycles(fn, ARRAY(
+            SELECT x.id FROM unnest(ids, outcomes) AS x (id, outcome)
+            WHERE x.outcome = 'updated' AND x.id = any(held)
+        ));
     END IF;
     missing := hopper._lock_prerequisites(held);
     IF cardinality(missing) > 0 THEN
