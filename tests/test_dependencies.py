@@ -362,22 +362,43 @@ def test_completion_with_many_unrelated_waiting_jobs_reads_only_its_dependents(c
     """Settling costs work in proportion to the dependents of the ended job."""
     from plans import plan_with, shared_buffers_touched, statement_plans
 
-    blockers = [add_job(conn, "blocker")["id"] for _ in range(2)]
+    blockers = [add_job(conn, "blocker", tags=["b"])["id"] for _ in range(2)]
     conn.execute(
         "INSERT INTO hopper._jobs (task_identifier, state, depends_on, depends_on_tags)"
         " SELECT 'w', 'waiting', ARRAY[%s::bigint], ARRAY['tag' || i]"
         " FROM generate_series(1, 50000) AS i",
         [blockers[1]],
     )
+    conn.execute(
+        "INSERT INTO hopper._job_dependencies (prerequisite_id, job_id)"
+        " SELECT %s, id FROM hopper._jobs WHERE task_identifier = 'w'",
+        [blockers[1]],
+    )
     dependent = add_job(conn, "mine", depends_on=[blockers[0]])["id"]
     conn.execute("ANALYZE hopper._jobs")
+    conn.execute("ANALYZE hopper._job_dependencies")
     claim(conn, "w1", task_identifiers=["blocker"], batch_size=1)
     query = "SELECT hopper.complete_claimed_job_ids('w1', %s)"
     plans = statement_plans(conn, query, [[blockers[0]]], "hopper.complete_claimed_job_ids(")
-    lookup = plan_with(plans, "jobs_waiting_on_jobs")
-    assert "Seq Scan" not in lookup
-    assert shared_buffers_touched(lookup) <= 30, lookup
+    for step in ('DELETE FROM "hopper"._job_dependencies', "candidates := ARRAY("):
+        plan = plan_with(plans, step)
+        assert "Seq Scan" not in plan
+        assert shared_buffers_touched(plan) <= 30, plan
     assert state(conn, dependent) == "pending"
+    assert conn.execute(
+        "SELECT count(*) AS n FROM hopper._job_dependencies WHERE prerequisite_id = %s",
+        [blockers[0]],
+    ).fetchone() == {"n": 0}
+
+
+def test_edges_are_kept_for_unfinished_prerequisites_only(conn):
+    done, active = add_job(conn, "a")["id"], add_job(conn, "b")["id"]
+    run(conn, done)
+    waiter = add_job(conn, "c", depends_on=[done, active])["id"]
+    edges = conn.execute("SELECT prerequisite_id, job_id FROM hopper._job_dependencies").fetchall()
+    assert edges == [{"prerequisite_id": active, "job_id": waiter}]
+    run(conn, active)
+    assert conn.execute("SELECT count(*) AS n FROM hopper._job_dependencies").fetchone() == {"n": 0}
 
 
 def race(*actions) -> None:

@@ -77,13 +77,20 @@ AS $$
 DECLARE
     dependents hopper._jobs[];
 BEGIN
-    WITH cancelled AS (
+    WITH spent AS (
+        DELETE FROM hopper._job_dependencies AS d
+        WHERE d.prerequisite_id = removed.id
+        RETURNING d.job_id
+    ),
+
+    cancelled AS (
         UPDATE hopper._jobs AS w SET
             state = 'cancelled',
             last_error = format('prerequisite job %s removed', removed.id),
             finished_at = now(),
             updated_at = now()
-        WHERE w.state = 'waiting' AND w.depends_on && ARRAY[removed.id]
+        FROM spent AS s
+        WHERE w.id = s.job_id AND w.state = 'waiting'
         RETURNING w.*
     )
 
