@@ -104,8 +104,8 @@ def test_python_batch_ref_and_run_once_run_a_chain_in_order(dsn, conn):
         hopper.JobState.WAITING,
     ]
     assert added[2].depends_on == [added[1].id]
-    while hopper.run_once(dsn, worker_tasks.tasks):
-        pass
+    # one call: it claims again after reporting, and finds what was released
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 3
     ran = [job(conn, j.id) for j in added]
     assert [r["state"] for r in ran] == ["completed"] * 3
     assert ran[0]["finished_at"] <= ran[1]["started_at"]
@@ -490,3 +490,82 @@ def test_two_barrier_holders_ending_at_once_release_the_barrier(conn, connect):
         )
         assert state(conn, barrier) == "pending"
         call(conn, "complete_jobs", [barrier])
+
+
+def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
+    """Four producers add jobs depending on random earlier jobs and tags while two
+    workers complete or fail whatever they claim. Once all is drained no job may
+    be left waiting, and each cancelled dependent names a prerequisite that failed
+    or was cancelled."""
+    import random
+
+    stop = threading.Event()
+    ids: list[int] = []
+    ids_lock = threading.Lock()
+    errors: list[BaseException] = []
+    deadlocks: list[int] = []
+
+    def produce(seed: int) -> None:
+        rng = random.Random(seed)
+        producer = connect()
+        try:
+            for _ in range(40):
+                with ids_lock:
+                    known = list(ids)
+                options: dict = {"max_attempts": 1}
+                if known and rng.random() < 0.7:
+                    options["depends_on"] = rng.sample(known, min(len(known), rng.randint(1, 3)))
+                # a barrier job carries no tags and nothing depends on it, or
+                # jobs could wait on each other for ever (as SPEC.md's rule says)
+                barrier = rng.random() < 0.2
+                if barrier:
+                    options["depends_on_tags"] = [f"t{rng.randrange(3)}"]
+                else:
+                    options["tags"] = [f"t{rng.randrange(3)}"]
+                added = add_job(producer, "work", **options)
+                if not barrier:
+                    with ids_lock:
+                        ids.append(added["id"])
+        except BaseException as error:
+            errors.append(error)
+
+    def work(name: str, seed: int) -> None:
+        rng = random.Random(seed)
+        worker = connect()
+        try:
+            while not stop.is_set():
+                for claimed in claim(worker, name, batch_size=3):
+                    ending = ("fail_job", "unlucky") if rng.random() < 0.2 else ("complete_job",)
+                    # an ending can lose a deadlock to a producer's locks; the
+                    # worker retries, and so does this loop
+                    while True:
+                        try:
+                            call(worker, ending[0], name, claimed["id"], *ending[1:])
+                            break
+                        except psycopg.errors.DeadlockDetected:
+                            deadlocks.append(claimed["id"])
+        except BaseException as error:
+            errors.append(error)
+
+    producers = [threading.Thread(target=produce, args=(i,)) for i in range(4)]
+    workers = [threading.Thread(target=work, args=(f"w{i}", 10 + i)) for i in range(2)]
+    for thread in producers + workers:
+        thread.start()
+    for thread in producers:
+        thread.join()
+    stop.set()
+    for thread in workers:
+        thread.join()
+    assert errors == []
+    while batch := claim(conn, "drain", batch_size=50):
+        call(conn, "complete_claimed_job_ids", "drain", [j["id"] for j in batch])
+    final = {row["id"]: row for row in conn.execute("SELECT * FROM hopper.jobs").fetchall()}
+    assert len(final) == 160
+    assert {row["state"] for row in final.values()} <= {"completed", "failed", "cancelled"}
+    for row in final.values():
+        if row["state"] == "cancelled":
+            blocker = int(row["last_error"].split()[2])
+            assert blocker in (row["depends_on"] or [])
+            assert final[blocker]["state"] in ("failed", "cancelled")
+        if row["state"] == "completed" and row["depends_on"]:
+            assert all(final[p]["state"] == "completed" for p in row["depends_on"])

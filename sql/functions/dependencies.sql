@@ -194,11 +194,13 @@ $$;
 -- Called after jobs ended (completed, failed, cancelled): settles the
 -- waiting jobs that depend on them or whose barrier tags they held, and in
 -- turn the dependents of those it cancels. ended_tags is the union of the
--- ended jobs' tags. Every completion calls it: while no job waits on
+-- ended jobs' tags; within, when given, limits the jobs settled to those.
+-- Every completion calls it: while no job waits on
 -- another, the first test reads one page (the DELETE's lookup of 100 ids
 -- costs 22 us, 5 % of claiming and completing them).
-CREATE OR REPLACE FUNCTION hopper._settle_dependents(ended_ids bigint[], ended_tags text[])
-RETURNS void
+CREATE OR REPLACE FUNCTION hopper._settle_dependents(
+    ended_ids bigint[], ended_tags text[], within bigint[] DEFAULT NULL
+) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -227,6 +229,7 @@ BEGIN
             WHERE
                 w.state = 'waiting'
                 AND (w.id = any(dependents) OR w.depends_on_tags <@ ended_tags)
+                AND (within IS NULL OR w.id = any(within))
             ORDER BY w.id
             FOR UPDATE
         );
@@ -246,6 +249,13 @@ $$;
 -- For waiting jobs just stored (or retried): locks FOR SHARE the jobs they
 -- depend on and the active jobs holding their barrier tags. Returns the
 -- prerequisite ids that do not exist.
+--
+-- A job's end holds its row and then locks the waiting jobs it settles, in
+-- id order but after its own; a producer holding one of those (a waiting
+-- prerequisite or holder) while it waits for the ended row makes a
+-- deadlock. The producer gives way: its locks here are taken in a
+-- subtransaction, which a deadlock rolls back, freeing the ending
+-- transaction, and it takes them again, waiting for that one to commit.
 CREATE OR REPLACE FUNCTION hopper._lock_prerequisites(job_ids bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -262,22 +272,31 @@ DECLARE
     );
     found bigint[];
 BEGIN
-    -- in id order, as completions lock their jobs: no deadlock between them
-    found := ARRAY(
-        SELECT p.id FROM hopper._jobs AS p
-        WHERE p.id = any(wanted)
-        ORDER BY p.id
-        FOR SHARE
-    );
-    PERFORM
-    FROM hopper._jobs AS w
-    INNER JOIN hopper._jobs AS holder
-        ON
-            holder.tags @> w.depends_on_tags AND holder.id <> w.id
-            AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
-    WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
-    ORDER BY holder.id
-    FOR SHARE OF holder;
+    FOR attempt IN 1..10 LOOP
+        BEGIN
+            -- in id order, as completions lock their jobs
+            found := ARRAY(
+                SELECT p.id FROM hopper._jobs AS p
+                WHERE p.id = any(wanted)
+                ORDER BY p.id
+                FOR SHARE
+            );
+            PERFORM
+            FROM hopper._jobs AS w
+            INNER JOIN hopper._jobs AS holder
+                ON
+                    holder.tags @> w.depends_on_tags AND holder.id <> w.id
+                    AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+            WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
+            ORDER BY holder.id
+            FOR SHARE OF holder;
+            EXIT;
+        EXCEPTION WHEN deadlock_detected THEN
+            IF attempt = 10 THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
     RETURN ARRAY(SELECT unnest(wanted) EXCEPT SELECT unnest(found));
 END
 $$;
@@ -304,7 +323,12 @@ BEGIN
     WHERE w.id = any(job_ids) AND w.state = 'waiting' AND p.state <> 'completed'
     ON CONFLICT DO NOTHING;
     IF settled.cancelled_ids IS NOT NULL THEN
-        PERFORM hopper._settle_dependents(settled.cancelled_ids, settled.cancelled_tags);
+        -- only jobs of this call can wait on them: no other transaction saw
+        -- them active (a retried job's dependents were cancelled when it
+        -- ended), and locking other waiting jobs here could deadlock
+        PERFORM hopper._settle_dependents(
+            settled.cancelled_ids, settled.cancelled_tags, job_ids
+        );
     END IF;
     IF settled.any_runnable THEN
         PERFORM hopper._notify_jobs();
