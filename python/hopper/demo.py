@@ -52,6 +52,11 @@ def thumbnails(payload: list, job: hopper.JobContext) -> list:
     ]  # fmt: skip
 
 
+@tasks.task("publish_album")
+async def publish_album(payload: dict, job: hopper.JobContext) -> str:
+    return "album published"
+
+
 @tasks.task("ledger_entry")
 async def ledger_entry(payload: dict, job: hopper.JobContext) -> str:
     await asyncio.sleep(0.05)
@@ -75,7 +80,11 @@ def enqueue(dsn: str) -> list[tuple[str, hopper.Job]]:
             )
         )
         batch = ["a.png", "corrupt.png", "c.png"]
-        added.append(("batch job", hopper.add_job(conn, "thumbnails", batch, **retry_fast)))
+        thumbs = hopper.add_job(conn, "thumbnails", batch, **retry_fast)
+        added.append(("batch job", thumbs))
+        # waits until the batch job has completed, retry included
+        album = hopper.add_job(conn, "publish_album", {}, depends_on=[thumbs.id])
+        added.append(("depends on batch", album))
         for n in range(3):
             job = hopper.add_job(conn, "ledger_entry", {"n": n}, queue_name="ledger")
             added.append((f"named queue #{n}", job))
