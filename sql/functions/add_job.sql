@@ -377,8 +377,16 @@ BEGIN
     PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
     IF cardinality(spec.depends_on) > 0 OR cardinality(spec.depends_on_tags) > 0 THEN
         PERFORM hopper._check_batch_cycles('add_job', ARRAY[spec], false);
-        SELECT a.ids, a.outcomes INTO job_ids, outcomes
-        FROM hopper._apply_specs(ARRAY[spec]) AS a;
+        IF spec.job_key IS NOT NULL THEN
+            SELECT a.ids, a.outcomes INTO job_ids, outcomes
+            FROM hopper._apply_specs(ARRAY[spec]) AS a;
+        ELSE
+            IF spec.queue_name IS NOT NULL THEN
+                PERFORM hopper._ensure_queues(ARRAY[spec.queue_name]);
+            END IF;
+            job_ids := ARRAY(SELECT i.id FROM hopper._insert_jobs(ARRAY[spec]) AS i);
+            outcomes := ARRAY['inserted'];
+        END IF;
         PERFORM hopper._hold_dependents('add_job', ARRAY[spec], job_ids, outcomes, false);
         SELECT v.*, outcomes[1] INTO added FROM hopper.jobs AS v WHERE v.id = job_ids[1];
         RETURN added;
