@@ -12,6 +12,7 @@ import pytest
 import worker_tasks
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from races import run_producers_and_workers
 from sqlcalls import add_job, call, call_one, claim, job
 
 import hopper
@@ -549,13 +550,7 @@ def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
 
     producers = [threading.Thread(target=produce, args=(i,)) for i in range(4)]
     workers = [threading.Thread(target=work, args=(f"w{i}", 10 + i)) for i in range(2)]
-    for thread in producers + workers:
-        thread.start()
-    for thread in producers:
-        thread.join()
-    stop.set()
-    for thread in workers:
-        thread.join()
+    run_producers_and_workers(producers, workers, stop)
     assert errors == []
     while batch := claim(conn, "drain", batch_size=50):
         call(conn, "complete_claimed_job_ids", "drain", [j["id"] for j in batch])

@@ -8,6 +8,7 @@ from collections import Counter
 
 import psycopg
 from psycopg.types.json import Json
+from races import run_producers_and_workers
 
 KEYS = [f"key-{i}" for i in range(10)]
 MODES = ["replace", "preserve_run_at", "unsafe_dedupe", "dedupe"]
@@ -62,13 +63,7 @@ def test_concurrent_keyed_adds_and_claims_lose_nothing(dsn, conn):
 
     producers = [threading.Thread(target=producer, args=(n,)) for n in range(16)]
     workers = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for thread in producers + workers:
-        thread.start()
-    for thread in producers:
-        thread.join()
-    stop.set()
-    for thread in workers:
-        thread.join()
+    run_producers_and_workers(producers, workers, stop)
 
     assert errors == []
     assert len(requests) == 16 * 60
