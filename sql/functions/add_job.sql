@@ -380,14 +380,15 @@ BEGIN
         IF spec.job_key IS NOT NULL THEN
             SELECT a.ids, a.outcomes INTO job_ids, outcomes
             FROM hopper._apply_specs(ARRAY[spec]) AS a;
+            PERFORM hopper._hold_dependents('add_job', ARRAY[spec], job_ids, outcomes, false);
         ELSE
             IF spec.queue_name IS NOT NULL THEN
                 PERFORM hopper._ensure_queues(ARRAY[spec.queue_name]);
             END IF;
-            job_ids := ARRAY(SELECT i.id FROM hopper._insert_jobs(ARRAY[spec]) AS i);
+            job_ids := hopper._insert_dependent_jobs(ARRAY[spec]);
             outcomes := ARRAY['inserted'];
+            PERFORM hopper._hold_waiting('add_job', ARRAY[spec], job_ids, false);
         END IF;
-        PERFORM hopper._hold_dependents('add_job', ARRAY[spec], job_ids, outcomes, false);
         SELECT v.*, outcomes[1] INTO added FROM hopper.jobs AS v WHERE v.id = job_ids[1];
         RETURN added;
     END IF;
@@ -545,16 +546,28 @@ BEGIN
     END IF;
     IF any_keyed THEN
         SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
+        IF any_dependent THEN
+            PERFORM hopper._hold_dependents('add_jobs', specs, job_ids, outcomes, true);
+        END IF;
     ELSE
         -- _apply_specs picks the unkeyed specs out one by one (specs[i])
         IF any_queued THEN
             PERFORM hopper._ensure_spec_queues(specs);
         END IF;
-        job_ids := ARRAY(SELECT i.id FROM hopper._insert_jobs(specs) AS i ORDER BY i.id);
+        job_ids := hopper._insert_dependent_jobs(specs);
         outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
-    END IF;
-    IF any_dependent THEN
-        PERFORM hopper._hold_dependents('add_jobs', specs, job_ids, outcomes, true);
+        PERFORM hopper._hold_waiting('add_jobs', specs, ARRAY(
+            SELECT x.id FROM unnest(specs, job_ids) AS x (
+                identifier, payload, queue_name, run_at, max_attempts, job_key, priority,
+                flags, job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff,
+                backoff_delay, backoff_max, dead_letter, id
+            )
+            WHERE cardinality(x.depends_on) > 0 OR cardinality(x.depends_on_tags) > 0
+            ORDER BY x.id
+        ), true);
+        IF any_due THEN
+            PERFORM hopper._notify_jobs();
+        END IF;
     END IF;
     -- a job key can update or dedupe to an existing job: those are read
     -- back through the hopper.jobs view, the one definition of a record

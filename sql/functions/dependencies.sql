@@ -366,6 +366,66 @@ BEGIN
 END
 $$;
 
+-- Inserts unkeyed specs, some with dependencies, in spec order, and returns
+-- their ids in that order. The ids are drawn from the identity sequence
+-- first, so batch references resolve in the INSERT and a dependent is
+-- stored waiting with its prerequisites at once (updating it afterwards cost
+-- 85 ms of 10,000 dependents). The caller holds the waiting ones.
+CREATE OR REPLACE FUNCTION hopper._insert_dependent_jobs(specs hopper.job_spec[])
+RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ids bigint[] := ARRAY(
+        SELECT nextval(pg_get_serial_sequence('hopper._jobs', 'id'))
+        FROM generate_series(1, cardinality(specs))
+    );
+BEGIN
+    INSERT INTO hopper._jobs AS i (
+        id, task_identifier, payload, queue_name, state, priority, run_at,
+        max_attempts, key, flags, tags, depends_on, depends_on_tags, timeout,
+        backoff, backoff_delay, backoff_max, dead_letter
+    )
+    OVERRIDING SYSTEM VALUE
+    SELECT
+        s.id,
+        s.identifier,
+        coalesce(s.payload, '{}'),
+        s.queue_name,
+        CASE
+            WHEN cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0
+                THEN 'waiting'
+            WHEN s.run_at > now() THEN 'scheduled'
+            ELSE 'pending'
+        END,
+        coalesce(s.priority, 0),
+        coalesce(s.run_at, now()),
+        coalesce(s.max_attempts, 25),
+        s.job_key,
+        s.flags,
+        s.tags,
+        nullif(ARRAY(
+            SELECT CASE WHEN d.ref < 0 THEN ids[-d.ref] ELSE d.ref END
+            FROM unnest(s.depends_on) WITH ORDINALITY AS d (ref, k)
+            ORDER BY d.k
+        ), '{}'),
+        nullif(s.depends_on_tags, '{}'),
+        s.timeout,
+        s.backoff,
+        s.backoff_delay,
+        s.backoff_max,
+        s.dead_letter
+    FROM unnest(specs, ids) WITH ORDINALITY AS s (
+        identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
+        job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
+        backoff_max, dead_letter, id, n
+    )
+    ORDER BY s.n;
+    RETURN ids;
+END
+$$;
+
 -- After _apply_specs: stores each applied spec's dependencies on its job
 -- (batch references resolved to the ids of their specs) and settles those
 -- jobs. The last spec applied to a job decides its dependencies. An id that
@@ -378,8 +438,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     held bigint[];
-    missing bigint[];
-    culprit record;
 BEGIN
     WITH last_applied AS (
         SELECT DISTINCT ON (a.id)
@@ -423,7 +481,23 @@ BEGIN
             WHERE x.outcome = 'updated' AND x.id = any(held)
         ));
     END IF;
-    missing := hopper._lock_prerequisites(held);
+    PERFORM hopper._hold_waiting(fn, specs, held, name_index);
+END
+$$;
+
+-- Locks what the just stored waiting jobs held wait for, raises 23503 for a
+-- prerequisite that does not exist (naming the first spec that gave it),
+-- and settles them.
+CREATE OR REPLACE FUNCTION hopper._hold_waiting(
+    fn text, specs hopper.job_spec[], held bigint[], name_index boolean
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    missing bigint[] := hopper._lock_prerequisites(held);
+    culprit record;
+BEGIN
     IF cardinality(missing) > 0 THEN
         SELECT a.n - 1 AS spec_index, m.id INTO culprit
         FROM unnest(specs) WITH ORDINALITY AS a (
