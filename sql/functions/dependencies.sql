@@ -21,7 +21,8 @@
 --   in a later statement, whose snapshot holds every end committed before
 --   the lock was granted. Of two prerequisites ending at once, the second to
 --   get the lock sees the first, so one of them releases the job.
--- The two orders can deadlock; the producer gives way (_lock_prerequisites).
+-- The producer never waits holding these locks, so the two cannot deadlock
+-- (_lock_prerequisites).
 
 -- Rejects batch references that make a cycle: a depth-first walk over the
 -- references (O(specs + references)). Only a reference to the spec itself or
@@ -250,12 +251,11 @@ $$;
 -- depend on and the active jobs holding their barrier tags. Returns the
 -- prerequisite ids that do not exist.
 --
--- A job's end holds its row and then locks the waiting jobs it settles, in
--- id order but after its own; a producer holding one of those (a waiting
--- prerequisite or holder) while it waits for the ended row makes a
--- deadlock. The producer gives way: its locks here are taken in a
--- subtransaction, which a deadlock rolls back, freeing the ending
--- transaction, and it takes them again, waiting for that one to commit.
+-- A job's end holds its row and then locks the waiting jobs it settles; a
+-- producer that held one of those (a waiting prerequisite or holder) while
+-- it waited for the ended row would deadlock with it. So the producer never
+-- waits holding any of these locks: it takes them all NOWAIT, and when one
+-- is taken, it lets go of the others and waits for that one alone.
 CREATE OR REPLACE FUNCTION hopper._lock_prerequisites(job_ids bigint[])
 RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -272,14 +272,13 @@ DECLARE
     );
     found bigint[];
 BEGIN
-    FOR attempt IN 1..10 LOOP
+    LOOP
         BEGIN
-            -- in id order, as completions lock their jobs
             found := ARRAY(
                 SELECT p.id FROM hopper._jobs AS p
                 WHERE p.id = any(wanted)
                 ORDER BY p.id
-                FOR SHARE
+                FOR SHARE NOWAIT
             );
             PERFORM
             FROM hopper._jobs AS w
@@ -289,15 +288,58 @@ BEGIN
                     AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
             WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
             ORDER BY holder.id
-            FOR SHARE OF holder;
-            EXIT;
-        EXCEPTION WHEN deadlock_detected THEN
-            IF attempt = 10 THEN
-                RAISE;
-            END IF;
+            FOR SHARE OF holder NOWAIT;
+            RETURN ARRAY(SELECT unnest(wanted) EXCEPT SELECT unnest(found));
+        EXCEPTION WHEN lock_not_available THEN
+            -- the attempt's locks went with its subtransaction
+            PERFORM hopper._wait_for_a_locked_job(wanted || ARRAY(
+                SELECT holder.id
+                FROM hopper._jobs AS w
+                INNER JOIN hopper._jobs AS holder
+                    ON
+                        holder.tags @> w.depends_on_tags AND holder.id <> w.id
+                        AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+                WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
+            ));
         END;
     END LOOP;
-    RETURN ARRAY(SELECT unnest(wanted) EXCEPT SELECT unnest(found));
+END
+$$;
+
+-- Waits until the first of the given jobs that another transaction has
+-- locked is free, holding no lock on any of them meanwhile or after. Each
+-- subtransaction below ends in an error of its own, whose rollback drops
+-- the locks it took.
+CREATE OR REPLACE FUNCTION hopper._wait_for_a_locked_job(job_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    candidate_id bigint;
+    blocked bigint;
+BEGIN
+    BEGIN
+        FOR candidate_id IN SELECT DISTINCT c.id FROM unnest(job_ids) AS c (id) ORDER BY c.id LOOP
+            BEGIN
+                PERFORM FROM hopper._jobs AS j WHERE j.id = candidate_id FOR SHARE NOWAIT;
+            EXCEPTION WHEN lock_not_available THEN
+                blocked := candidate_id;
+                EXIT;
+            END;
+        END LOOP;
+        RAISE EXCEPTION 'release the probes' USING ERRCODE = 'HPR01';
+    EXCEPTION WHEN SQLSTATE 'HPR01' THEN
+        NULL;
+    END;
+    IF blocked IS NOT NULL THEN
+        BEGIN
+            PERFORM FROM hopper._jobs AS j WHERE j.id = blocked FOR SHARE;
+            RAISE EXCEPTION 'release the wait' USING ERRCODE = 'HPR01';
+        EXCEPTION WHEN SQLSTATE 'HPR01' THEN
+            NULL;
+        END;
+    END IF;
 END
 $$;
 
