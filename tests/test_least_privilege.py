@@ -104,6 +104,24 @@ def test_worker_role_runs_a_job_end_to_end(dsn, roles):
     assert state == ("completed",)
 
 
+def test_producer_and_worker_roles_run_a_dependency_chain(dsn, roles):
+    """Dependencies need no privilege beyond the grants: the internal steps run
+    as the schema owner."""
+    producer_role = next(role for role in roles if role.startswith("producer_"))
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    with psycopg.connect(dsn, user=producer_role, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT id, state FROM hopper.add_jobs(%s)",
+            [Jsonb([{"identifier": "a"}, {"identifier": "b", "depends_on": [-1]}])],
+        ).fetchall()
+    assert [state for _, state in rows] == ["pending", "waiting"]
+    with psycopg.connect(dsn, user=worker_role, autocommit=True) as conn:
+        conn.execute("SELECT hopper.get_jobs('w1', ARRAY['a'])")
+        conn.execute("SELECT hopper.complete_job('w1', %s)", [rows[0][0]])
+        (state,) = conn.execute("SELECT state FROM hopper.job_status(%s)", [rows[1][0]]).fetchone()
+    assert state == "pending"
+
+
 def test_grant_to_unknown_role_is_a_clear_error(conn):
     with pytest.raises(psycopg.errors.UndefinedObject, match='role_name "ghost" is not a role'):
         call(conn, "grant_worker", "ghost")
