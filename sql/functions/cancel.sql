@@ -50,6 +50,7 @@ AS $$
 DECLARE
     retried_ids bigint[];
     held bigint[];
+    locked record;
 BEGIN
     PERFORM hopper._check_required('retry_jobs', 'job_ids', job_ids IS NULL);
     WITH retried AS (
@@ -79,8 +80,8 @@ BEGIN
     FROM retried AS r;
     IF held IS NOT NULL THEN
         -- a prerequisite pruned since counts as completed
-        PERFORM hopper._lock_prerequisites(held);
-        PERFORM hopper._settle_held(held);
+        locked := hopper._lock_prerequisites(held);
+        PERFORM hopper._settle_held(held, locked.holders);
     END IF;
     IF retried_ids IS NOT NULL THEN
         PERFORM hopper._notify_jobs();

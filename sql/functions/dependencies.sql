@@ -123,7 +123,7 @@ $$;
 -- ones, cancels those whose prerequisite failed. Returns the cancelled jobs
 -- and their tags (jobs that ended in turn) and whether any became pending.
 CREATE OR REPLACE FUNCTION hopper._settle_waiting(
-    job_ids bigint[],
+    job_ids bigint[], holders bigint[],
     OUT cancelled_ids bigint[], OUT cancelled_tags text[], OUT any_runnable boolean
 )
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -155,6 +155,7 @@ BEGIN
                     SELECT FROM hopper._jobs AS holder
                     WHERE holder.tags @> k.depends_on_tags AND holder.id <> k.id
                         AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+                        AND (holders IS NULL OR holder.id = any(holders))
                 ) THEN 'waiting'
                 ELSE 'ready'
             END AS verdict,
@@ -196,11 +197,13 @@ $$;
 -- Called after jobs ended (completed, failed, cancelled): settles the
 -- waiting jobs that depend on them or whose barrier tags they held, and in
 -- turn the dependents of those it cancels. ended_tags is the union of the
--- ended jobs' tags; within, when given, limits the jobs settled to those.
+-- ended jobs' tags; within, when given, limits the jobs settled to those,
+-- and holders the barrier holders they may wait for (see _settle_held).
 -- Every completion calls it: while no job waits on another, the first test
 -- reads one page (4 us a call; the DELETE's lookup of 100 ids took 22).
 CREATE OR REPLACE FUNCTION hopper._settle_dependents(
-    ended_ids bigint[], ended_tags text[], within bigint[] DEFAULT NULL
+    ended_ids bigint[], ended_tags text[],
+    within bigint[] DEFAULT NULL, holders bigint[] DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -235,7 +238,7 @@ BEGIN
             FOR UPDATE
         );
         EXIT WHEN cardinality(candidates) = 0;
-        settled := hopper._settle_waiting(candidates);
+        settled := hopper._settle_waiting(candidates, holders);
         any_runnable := any_runnable OR settled.any_runnable;
         EXIT WHEN settled.cancelled_ids IS NULL;
         ended_ids := settled.cancelled_ids;
@@ -249,15 +252,18 @@ $$;
 
 -- For waiting jobs just stored (or retried): locks FOR SHARE the jobs they
 -- depend on and the active jobs holding their barrier tags. Returns the
--- prerequisite ids that do not exist.
+-- prerequisite ids that do not exist, and the holders locked: the waiting
+-- jobs are decided against those only, since a holder committed after this
+-- lock could end, unlocked, before the producer commits.
 --
 -- A job's end holds its row and then locks the waiting jobs it settles; a
 -- producer that held one of those (a waiting prerequisite or holder) while
 -- it waited for the ended row would deadlock with it. So the producer never
 -- waits holding any of these locks: it takes them all NOWAIT, and when one
 -- is taken, it lets go of the others and waits for that one alone.
-CREATE OR REPLACE FUNCTION hopper._lock_prerequisites(job_ids bigint[])
-RETURNS bigint[]
+CREATE OR REPLACE FUNCTION hopper._lock_prerequisites(
+    job_ids bigint[], OUT missing bigint[], OUT holders bigint[]
+)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -280,16 +286,19 @@ BEGIN
                 ORDER BY p.id
                 FOR SHARE NOWAIT
             );
-            PERFORM
-            FROM hopper._jobs AS w
-            INNER JOIN hopper._jobs AS holder
-                ON
-                    holder.tags @> w.depends_on_tags AND holder.id <> w.id
-                    AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
-            WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
-            ORDER BY holder.id
-            FOR SHARE OF holder NOWAIT;
-            RETURN ARRAY(SELECT unnest(wanted) EXCEPT SELECT unnest(found));
+            holders := ARRAY(
+                SELECT holder.id
+                FROM hopper._jobs AS w
+                INNER JOIN hopper._jobs AS holder
+                    ON
+                        holder.tags @> w.depends_on_tags AND holder.id <> w.id
+                        AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+                WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
+                ORDER BY holder.id
+                FOR SHARE OF holder NOWAIT
+            );
+            missing := ARRAY(SELECT unnest(wanted) EXCEPT SELECT unnest(found));
+            RETURN;
         EXCEPTION WHEN lock_not_available THEN
             -- the attempt's locks went with its subtransaction
             PERFORM hopper._wait_for_a_locked_job(wanted || ARRAY(
@@ -346,7 +355,7 @@ $$;
 -- Settles waiting jobs just stored or retried, once _lock_prerequisites has
 -- locked what they wait for: a job whose prerequisite failed is cancelled
 -- (and its dependents with it), a job with nothing to wait for is released.
-CREATE OR REPLACE FUNCTION hopper._settle_held(job_ids bigint[])
+CREATE OR REPLACE FUNCTION hopper._settle_held(job_ids bigint[], holders bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -354,7 +363,7 @@ AS $$
 DECLARE
     settled record;
 BEGIN
-    settled := hopper._settle_waiting(job_ids);
+    settled := hopper._settle_waiting(job_ids, coalesce(holders, '{}'));
     -- their prerequisites are locked (or ours), so none ends before this
     -- commits, and each ending then finds its edges
     INSERT INTO hopper._job_dependencies (prerequisite_id, job_id)
@@ -369,7 +378,7 @@ BEGIN
         -- them active (a retried job's dependents were cancelled when it
         -- ended), and locking other waiting jobs here could deadlock
         PERFORM hopper._settle_dependents(
-            settled.cancelled_ids, settled.cancelled_tags, job_ids
+            settled.cancelled_ids, settled.cancelled_tags, job_ids, coalesce(holders, '{}')
         );
     END IF;
     IF settled.any_runnable THEN
@@ -537,7 +546,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    missing bigint[] := hopper._lock_prerequisites(held);
+    locked record := hopper._lock_prerequisites(held);
+    missing bigint[] := locked.missing;
     culprit record;
 BEGIN
     IF cardinality(missing) > 0 THEN
@@ -556,7 +566,7 @@ BEGIN
             ELSE ''
         END || format('depends_on names job %s, which does not exist', culprit.id));
     END IF;
-    PERFORM hopper._settle_held(held);
+    PERFORM hopper._settle_held(held, locked.holders);
 END
 $$;
 
