@@ -276,6 +276,16 @@ DECLARE
         EXCEPT
         SELECT unnest(job_ids)
     );
+    -- a holder committed after this read is later than the new jobs
+    candidates bigint[] := ARRAY(
+        SELECT DISTINCT holder.id
+        FROM hopper._jobs AS w
+        INNER JOIN hopper._jobs AS holder
+            ON
+                holder.tags @> w.depends_on_tags AND holder.id <> w.id
+                AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+        WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
+    );
     found bigint[];
 BEGIN
     LOOP
@@ -286,14 +296,17 @@ BEGIN
                 ORDER BY p.id
                 FOR SHARE NOWAIT
             );
+            -- state and tags tested again on the row locked
             holders := ARRAY(
-                SELECT holder.id
-                FROM hopper._jobs AS w
-                INNER JOIN hopper._jobs AS holder
-                    ON
-                        holder.tags @> w.depends_on_tags AND holder.id <> w.id
-                        AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
-                WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
+                SELECT holder.id FROM hopper._jobs AS holder
+                WHERE
+                    holder.id = any(candidates)
+                    AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+                    AND EXISTS (
+                        SELECT FROM hopper._jobs AS w
+                        WHERE w.id = any(job_ids) AND w.id <> holder.id
+                            AND holder.tags @> w.depends_on_tags
+                    )
                 ORDER BY holder.id
                 FOR SHARE OF holder NOWAIT
             );
@@ -301,15 +314,7 @@ BEGIN
             RETURN;
         EXCEPTION WHEN lock_not_available THEN
             -- the attempt's locks went with its subtransaction
-            PERFORM hopper._wait_for_a_locked_job(wanted || ARRAY(
-                SELECT holder.id
-                FROM hopper._jobs AS w
-                INNER JOIN hopper._jobs AS holder
-                    ON
-                        holder.tags @> w.depends_on_tags AND holder.id <> w.id
-                        AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
-                WHERE w.id = any(job_ids) AND w.depends_on_tags IS NOT NULL
-            ));
+            PERFORM hopper._wait_for_a_locked_job(wanted || candidates);
         END;
     END LOOP;
 END
