@@ -370,26 +370,13 @@ AS $$
 DECLARE
     job_id bigint;
     outcome text;
-    job_ids bigint[];
-    outcomes text[];
     added hopper.added_job;
 BEGIN
     PERFORM hopper._check_specs('add_job', ARRAY[spec], false);
     IF cardinality(spec.depends_on) > 0 OR cardinality(spec.depends_on_tags) > 0 THEN
-        PERFORM hopper._check_batch_cycles('add_job', ARRAY[spec], false);
-        IF spec.job_key IS NOT NULL THEN
-            SELECT a.ids, a.outcomes INTO job_ids, outcomes
-            FROM hopper._apply_specs(ARRAY[spec]) AS a;
-            PERFORM hopper._hold_dependents('add_job', ARRAY[spec], job_ids, outcomes, false);
-        ELSE
-            IF spec.queue_name IS NOT NULL THEN
-                PERFORM hopper._ensure_queues(ARRAY[spec.queue_name]);
-            END IF;
-            job_ids := hopper._insert_dependent_jobs(ARRAY[spec]);
-            outcomes := ARRAY['inserted'];
-            PERFORM hopper._hold_waiting('add_job', ARRAY[spec], job_ids, false);
-        END IF;
-        SELECT v.*, outcomes[1] INTO added FROM hopper.jobs AS v WHERE v.id = job_ids[1];
+        SELECT a.ids[1], a.outcomes[1] INTO job_id, outcome
+        FROM hopper._apply_dependent_specs('add_job', ARRAY[spec], false) AS a;
+        SELECT v.*, outcome INTO added FROM hopper.jobs AS v WHERE v.id = job_id;
         RETURN added;
     END IF;
     IF spec.job_key IS NOT NULL THEN
@@ -542,32 +529,10 @@ BEGIN
         RETURN;
     END IF;
     IF any_dependent THEN
-        PERFORM hopper._check_batch_cycles('add_jobs', specs, true);
-    END IF;
-    IF any_keyed THEN
-        SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
-        IF any_dependent THEN
-            PERFORM hopper._hold_dependents('add_jobs', specs, job_ids, outcomes, true);
-        END IF;
+        SELECT a.ids, a.outcomes INTO job_ids, outcomes
+        FROM hopper._apply_dependent_specs('add_jobs', specs, true) AS a;
     ELSE
-        -- _apply_specs picks the unkeyed specs out one by one (specs[i])
-        IF any_queued THEN
-            PERFORM hopper._ensure_spec_queues(specs);
-        END IF;
-        job_ids := hopper._insert_dependent_jobs(specs);
-        outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
-        PERFORM hopper._hold_waiting('add_jobs', specs, ARRAY(
-            SELECT x.id FROM unnest(specs, job_ids) AS x (
-                identifier, payload, queue_name, run_at, max_attempts, job_key, priority,
-                flags, job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff,
-                backoff_delay, backoff_max, dead_letter, id
-            )
-            WHERE cardinality(x.depends_on) > 0 OR cardinality(x.depends_on_tags) > 0
-            ORDER BY x.id
-        ), true);
-        IF any_due THEN
-            PERFORM hopper._notify_jobs();
-        END IF;
+        SELECT a.ids, a.outcomes INTO job_ids, outcomes FROM hopper._apply_specs(specs) AS a;
     END IF;
     -- a job key can update or dedupe to an existing job: those are read
     -- back through the hopper.jobs view, the one definition of a record

@@ -422,6 +422,58 @@ BEGIN
 END
 $$;
 
+-- add_job and add_jobs for specs with dependencies among them: the id and
+-- outcome of each, in input order. With job keys they go through
+-- _apply_specs and get their dependencies stored afterwards; without, in
+-- one INSERT (_apply_specs would pick unkeyed specs out one by one).
+CREATE OR REPLACE FUNCTION hopper._apply_dependent_specs(
+    fn text, specs hopper.job_spec[], name_index boolean,
+    OUT ids bigint[], OUT outcomes text[]
+)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    any_keyed boolean;
+    any_queued boolean;
+    any_due boolean;
+BEGIN
+    PERFORM hopper._check_batch_cycles(fn, specs, name_index);
+    SELECT
+        bool_or(s.job_key IS NOT NULL),
+        bool_or(s.queue_name IS NOT NULL),
+        bool_or(
+            coalesce(s.run_at, now()) <= now()
+            AND coalesce(cardinality(s.depends_on), 0) = 0
+            AND coalesce(cardinality(s.depends_on_tags), 0) = 0
+        )
+    INTO any_keyed, any_queued, any_due
+    FROM unnest(specs) AS s;
+    IF any_keyed THEN
+        SELECT a.ids, a.outcomes INTO ids, outcomes FROM hopper._apply_specs(specs) AS a;
+        PERFORM hopper._hold_dependents(fn, specs, ids, outcomes, name_index);
+        RETURN;
+    END IF;
+    IF any_queued THEN
+        PERFORM hopper._ensure_spec_queues(specs);
+    END IF;
+    ids := hopper._insert_dependent_jobs(specs);
+    outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
+    PERFORM hopper._hold_waiting(fn, specs, ARRAY(
+        SELECT x.id FROM unnest(specs, ids) AS x (
+            identifier, payload, queue_name, run_at, max_attempts, job_key, priority,
+            flags, job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff,
+            backoff_delay, backoff_max, dead_letter, id
+        )
+        WHERE cardinality(x.depends_on) > 0 OR cardinality(x.depends_on_tags) > 0
+        ORDER BY x.id
+    ), name_index);
+    IF any_due THEN
+        PERFORM hopper._notify_jobs();
+    END IF;
+END
+$$;
+
 -- Inserts unkeyed specs, some with dependencies, in spec order, and returns
 -- their ids in that order. The ids are drawn from the identity sequence
 -- first, so batch references resolve in the INSERT and a dependent is
