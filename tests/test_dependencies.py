@@ -504,7 +504,6 @@ def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
     ids: list[int] = []
     ids_lock = threading.Lock()
     errors: list[BaseException] = []
-    deadlocks: list[int] = []
 
     def produce(seed: int) -> None:
         rng = random.Random(seed)
@@ -537,14 +536,14 @@ def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
             while not stop.is_set():
                 for claimed in claim(worker, name, batch_size=3):
                     ending = ("fail_job", "unlucky") if rng.random() < 0.2 else ("complete_job",)
-                    # an ending can lose a deadlock to a producer's locks; the
-                    # worker retries, and so does this loop
+                    # two endings cascading through the same waiting jobs can
+                    # still deadlock; the worker retries, and so does this loop
                     while True:
                         try:
                             call(worker, ending[0], name, claimed["id"], *ending[1:])
                             break
                         except psycopg.errors.DeadlockDetected:
-                            deadlocks.append(claimed["id"])
+                            continue
         except BaseException as error:
             errors.append(error)
 
