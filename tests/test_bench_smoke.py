@@ -21,3 +21,6 @@ def test_bench_quick_writes_a_report(dsn, tmp_path):
     assert all(figure["value"] > 0 for figure in report["results"])
     assert report["environment"]["postgresql"]["version"].startswith("PostgreSQL 15")
     assert "hopper / raw single-row INSERT" in result.stdout
+    assert "that INSERT in a function / raw single-row INSERT" in result.stdout
+    raw = {f["variant"] for f in report["results"] if f["system"] == "postgresql"}
+    assert raw == {"raw single-row INSERT", "that INSERT in a function", "raw INSERT ... SELECT"}
