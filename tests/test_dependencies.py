@@ -493,6 +493,68 @@ def test_two_barrier_holders_ending_at_once_release_the_barrier(conn, connect):
         call(conn, "complete_jobs", [barrier])
 
 
+def wait_until_blocked(conn, waiter: psycopg.Connection) -> None:
+    """Returns once waiter's backend waits for a lock."""
+    for _ in range(500):
+        row = conn.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [waiter.info.backend_pid]
+        ).fetchone()
+        if row["wait_event_type"] == "Lock":
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the session never waited for a lock")
+
+
+def deadlocks(conn, *sessions: psycopg.Connection) -> int:
+    """The database's count of deadlocks, with what the sessions counted sent in."""
+    for session in sessions:
+        session.execute("SELECT pg_stat_force_next_flush()")
+        session.execute("SELECT")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()["deadlocks"]
+
+
+def test_two_failures_cascading_through_one_graph_in_opposite_orders_both_end(conn, connect):
+    """Each failure locks its direct dependents first, then theirs: here one's first
+    level is the other's second, so they lock u and v in opposite orders. A third
+    session holds u until both wait, which makes the deadlock certain. The one the
+    deadlock detector aborts starts its cascade again behind the other, and both
+    failures and every cancellation go through."""
+    pa, pb = add_job(conn, "pa", max_attempts=1)["id"], add_job(conn, "pb", max_attempts=1)["id"]
+    claim(conn, "w1", batch_size=2)
+    w = add_job(conn, "w", depends_on=[pa])["id"]
+    z = add_job(conn, "z", depends_on=[pb])["id"]
+    u = add_job(conn, "u", depends_on=[pa, z])["id"]
+    v = add_job(conn, "v", depends_on=[pb, w])["id"]
+    first, second = connect(), connect()
+    for session in (first, second):
+        session.execute("SET deadlock_timeout = '50ms'")
+    deadlocks_before = deadlocks(conn, first, second)
+    errors: list[BaseException] = []
+
+    def fail(session: psycopg.Connection, job_id: int) -> None:
+        try:
+            call(session, "fail_job", "w1", job_id, "boom", permanent=True)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    with psycopg.connect(conn.info.dsn, row_factory=dict_row) as holder:
+        holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [u])
+        failing = [threading.Thread(target=fail, args=(first, pa))]
+        failing[0].start()
+        wait_until_blocked(conn, first)  # holds w, waits for u
+        failing.append(threading.Thread(target=fail, args=(second, pb)))
+        failing[1].start()
+        wait_until_blocked(conn, second)  # holds z and v, waits for u
+    for thread in failing:
+        thread.join(30)
+    assert errors == []
+    assert [state(conn, j) for j in (pa, pb, w, z, u, v)] == ["failed"] * 2 + ["cancelled"] * 4
+    assert deadlocks(conn, first, second) == deadlocks_before + 1
+
+
 def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
     """Four producers add jobs depending on random earlier jobs and tags while two
     workers complete or fail whatever they claim. Once all is drained no job may
@@ -536,8 +598,8 @@ def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
             while not stop.is_set():
                 for claimed in claim(worker, name, batch_size=3):
                     ending = ("fail_job", "unlucky") if rng.random() < 0.2 else ("complete_job",)
-                    # two endings cascading through the same waiting jobs can
-                    # still deadlock; the worker retries, and so does this loop
+                    # a cascade retries its own deadlocks, but one over locks
+                    # taken before it would reach the worker, which retries
                     while True:
                         try:
                             call(worker, ending[0], name, claimed["id"], *ending[1:])

@@ -201,9 +201,44 @@ $$;
 -- and holders the barrier holders they may wait for (see _settle_held).
 -- Every completion calls it: while no job waits on another, the first test
 -- reads one page (4 us a call; the DELETE's lookup of 100 ids took 22).
+--
+-- Each level of a cascade is locked in id order, but one cascade's first
+-- level can be another's second when their graphs overlap, so two can lock
+-- the same jobs in opposite orders. The deadlock detector then aborts one;
+-- leaving the block undoes all that cascade locked and changed, the other
+-- goes on, and this one starts again behind it. A deadlock over locks taken
+-- before the cascade (earlier in the caller's transaction) would only come
+-- back, so the third is raised.
 CREATE OR REPLACE FUNCTION hopper._settle_dependents(
     ended_ids bigint[], ended_tags text[],
     within bigint[] DEFAULT NULL, holders bigint[] DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF ended_tags IS NULL AND NOT EXISTS (SELECT FROM hopper._job_dependencies) THEN
+        RETURN;
+    END IF;
+    FOR attempt IN 1..3 LOOP
+        BEGIN
+            PERFORM hopper._cascade_to_dependents(ended_ids, ended_tags, within, holders);
+            RETURN;
+        EXCEPTION WHEN deadlock_detected THEN
+            IF attempt = 3 THEN
+                RAISE;
+            END IF;
+            -- locks our rollback freed are taken without a queue: the other
+            -- side, woken, must get them before we try again
+            PERFORM pg_sleep(0.01 * attempt);
+        END;
+    END LOOP;
+END
+$$;
+
+-- _settle_dependents' cascade, level by level.
+CREATE OR REPLACE FUNCTION hopper._cascade_to_dependents(
+    ended_ids bigint[], ended_tags text[], within bigint[], holders bigint[]
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -214,9 +249,6 @@ DECLARE
     settled record;
     any_runnable boolean := false;
 BEGIN
-    IF ended_tags IS NULL AND NOT EXISTS (SELECT FROM hopper._job_dependencies) THEN
-        RETURN;
-    END IF;
     LOOP
         -- an ended job's edges are spent whatever becomes of its dependents
         WITH spent AS (
