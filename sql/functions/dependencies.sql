@@ -230,7 +230,7 @@ BEGIN
             END IF;
             -- locks our rollback freed are taken without a queue: the other
             -- side, woken, must get them before we try again
-            PERFORM pg_sleep(0.01 * attempt);
+            PERFORM pg_sleep(0.05 * attempt);
         END;
     END LOOP;
 END
