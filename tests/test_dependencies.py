@@ -359,6 +359,73 @@ def test_both_kinds_must_be_satisfied(conn):
     assert state(conn, both) == "pending"
 
 
+def job_count(conn) -> int:
+    return conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"]
+
+
+def test_a_tagged_job_waiting_for_the_barrier_its_tags_hold_is_refused(conn):
+    """report would wait for the barrier job, which waits while report holds
+    its tags: both would wait for ever, so the call is refused."""
+    add_job(conn, "import", tags=["import"])
+    barrier = add_job(conn, "barrier", depends_on_tags=["import"])["id"]
+    before = job_count(conn)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        add_job(conn, "report", tags=["import", "x"], depends_on=[barrier])
+    assert refused.value.diag.message_primary == (
+        f"add_job: tags make a dependency cycle: job {barrier} would wait for itself"
+        " through its tag barrier"
+    )
+    assert job_count(conn) == before
+
+
+def test_a_barrier_cycle_through_other_waiting_jobs_is_refused(conn):
+    add_job(conn, "import", tags=["import"])
+    barrier = add_job(conn, "barrier", depends_on_tags=["import"])["id"]
+    middle = add_job(conn, "middle", depends_on=[barrier])["id"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        add_job(conn, "report", tags=["import"], depends_on=[middle])
+    # the same job without the tags only waits
+    assert add_job(conn, "report", depends_on=[middle])["state"] == "waiting"
+
+
+def test_a_replace_that_closes_a_barrier_cycle_is_refused(conn):
+    add_job(conn, "import", tags=["import"])
+    barrier = add_job(conn, "barrier", depends_on_tags=["import"])["id"]
+    keyed = add_job(conn, "k", job_key="k", depends_on=[barrier])
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        add_job(conn, "k", job_key="k", tags=["import"], depends_on=[barrier])
+    after = job(conn, keyed["id"])
+    assert (after["state"], after["tags"], after["revision"]) == ("waiting", None, 0)
+
+
+def test_two_specs_holding_each_others_barrier_are_refused(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        add_batch(
+            conn,
+            {"identifier": "a", "tags": ["a"], "depends_on_tags": ["b"]},
+            {"identifier": "b", "tags": ["b"], "depends_on_tags": ["a"]},
+        )
+    assert refused.value.diag.message_primary == (
+        "add_jobs: tags make a dependency cycle: the job of spec 0 would wait for itself"
+        " through its tag barrier"
+    )
+    assert job_count(conn) == 0
+
+
+def test_holding_a_barrier_without_waiting_for_it_is_fine(conn):
+    add_job(conn, "import", tags=["import"])
+    barrier = add_job(conn, "barrier", depends_on_tags=["import"])["id"]
+    other = add_job(conn, "other", tags=["other"])["id"]
+    # waits for another job while holding the barrier's tags: no cycle
+    second = add_job(conn, "import", tags=["import"], depends_on=[other])
+    assert second["state"] == "waiting"
+    # waits for the barrier without holding its tags: no cycle
+    assert add_job(conn, "after", tags=["other"], depends_on=[barrier])["state"] == "waiting"
+    assert [j["id"] for j in claim(conn, "w1", task_identifiers=["other"])] == [other]
+    call(conn, "complete_job", "w1", other)
+    assert state(conn, second["id"]) == "pending"
+
+
 def test_completion_with_many_unrelated_waiting_jobs_reads_only_its_dependents(conn):
     """Settling costs work in proportion to the dependents of the ended job."""
     from plans import plan_with, shared_buffers_touched, statement_plans
@@ -577,8 +644,8 @@ def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
                 options: dict = {"max_attempts": 1}
                 if known and rng.random() < 0.7:
                     options["depends_on"] = rng.sample(known, min(len(known), rng.randint(1, 3)))
-                # a barrier job carries no tags and nothing depends on it, or
-                # jobs could wait on each other for ever (as SPEC.md's rule says)
+                # a barrier job carries no tags and nothing depends on it, so
+                # no call closes a cycle through a barrier (that is refused)
                 barrier = rng.random() < 0.2
                 if barrier:
                     options["depends_on_tags"] = [f"t{rng.randrange(3)}"]

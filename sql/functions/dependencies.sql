@@ -454,6 +454,79 @@ BEGIN
 END
 $$;
 
+-- Refuses a call that closes a cycle through a tag barrier: a job it leaves
+-- waiting would wait, through other waiting jobs and barriers, for itself.
+-- Into a job of the call only a barrier can lead (id cycles are found by
+-- _check_batch_cycles and _check_replaced_cycles), so every such cycle runs
+-- through a waiting barrier job whose tags one of the call's jobs holds: the
+-- walk starts from those and looks for a way back. ids: each spec's job,
+-- NULL for one that changed nothing.
+CREATE OR REPLACE FUNCTION hopper._check_barrier_cycles(
+    fn text, specs hopper.job_spec[], ids bigint[], name_index boolean
+) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- one probe per distinct set of tags, not per spec
+    barriers bigint[] := ARRAY(
+        SELECT DISTINCT b.id
+        FROM (
+            SELECT DISTINCT s.tags FROM unnest(specs) AS s
+            WHERE
+                cardinality(s.tags) > 0
+                AND (cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0)
+        ) AS t
+        INNER JOIN hopper._jobs AS b
+            ON b.depends_on_tags <@ t.tags AND b.state = 'waiting'
+    );
+    cyclic bigint;
+BEGIN
+    IF cardinality(barriers) = 0 THEN
+        RETURN;
+    END IF;
+    WITH RECURSIVE reached (barrier_id, id, is_start) AS (
+        SELECT b.id, b.id, true FROM unnest(barriers) AS b (id)
+        UNION
+        -- what a waiting job waits for: its prerequisites and the jobs
+        -- holding its barrier's tags (lookups by id, row by row: the walk
+        -- is small, and a join planned on guessed sizes scanned every job
+        -- for each row)
+        SELECT r.barrier_id, awaited.id, false
+        FROM reached AS r
+        CROSS JOIN LATERAL (
+            SELECT w.id, w.depends_on, w.depends_on_tags FROM hopper._jobs AS w
+            WHERE w.id = r.id AND w.state = 'waiting'
+        ) AS w
+        CROSS JOIN LATERAL (
+            SELECT p.id FROM unnest(w.depends_on) AS p (id)
+            UNION ALL
+            SELECT holder.id FROM hopper._jobs AS holder
+            WHERE
+                -- tested first, once per job: no scan without a barrier
+                w.depends_on_tags IS NOT NULL
+                AND holder.tags @> w.depends_on_tags AND holder.id <> w.id
+                AND holder.state = 'waiting'
+        ) AS awaited
+        WHERE r.is_start OR r.id <> r.barrier_id
+    )
+
+    SELECT min(r.barrier_id) INTO cyclic
+    FROM reached AS r
+    WHERE r.id = r.barrier_id AND NOT r.is_start;
+    IF cyclic IS NOT NULL THEN
+        PERFORM hopper._raise(fn, '22023', format(
+            'tags make a dependency cycle: %s would wait for itself through its tag barrier',
+            CASE
+                WHEN name_index AND cyclic = any(ids)
+                    THEN format('the job of spec %s', array_position(ids, cyclic) - 1)
+                ELSE format('job %s', cyclic)
+            END
+        ));
+    END IF;
+END
+$$;
+
 -- add_job and add_jobs for specs with dependencies among them: the id and
 -- outcome of each, in input order. With job keys they go through
 -- _apply_specs and get their dependencies stored afterwards; without, in
@@ -469,6 +542,7 @@ DECLARE
     any_keyed boolean;
     any_queued boolean;
     any_due boolean;
+    any_tagged_waiting boolean;
 BEGIN
     PERFORM hopper._check_batch_cycles(fn, specs, name_index);
     SELECT
@@ -478,12 +552,23 @@ BEGIN
             coalesce(s.run_at, now()) <= now()
             AND coalesce(cardinality(s.depends_on), 0) = 0
             AND coalesce(cardinality(s.depends_on_tags), 0) = 0
+        ),
+        bool_or(
+            cardinality(s.tags) > 0
+            AND (cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0)
         )
-    INTO any_keyed, any_queued, any_due
+    INTO any_keyed, any_queued, any_due, any_tagged_waiting
     FROM unnest(specs) AS s;
     IF any_keyed THEN
         SELECT a.ids, a.outcomes INTO ids, outcomes FROM hopper._apply_specs(specs) AS a;
         PERFORM hopper._hold_dependents(fn, specs, ids, outcomes, name_index);
+        IF any_tagged_waiting THEN
+            PERFORM hopper._check_barrier_cycles(fn, specs, ARRAY(
+                SELECT CASE WHEN x.outcome <> 'deduped' THEN x.id END
+                FROM unnest(ids, outcomes) WITH ORDINALITY AS x (id, outcome, n)
+                ORDER BY x.n
+            ), name_index);
+        END IF;
         RETURN;
     END IF;
     IF any_queued THEN
@@ -500,6 +585,9 @@ BEGIN
         WHERE cardinality(x.depends_on) > 0 OR cardinality(x.depends_on_tags) > 0
         ORDER BY x.id
     ), name_index);
+    IF any_tagged_waiting THEN
+        PERFORM hopper._check_barrier_cycles(fn, specs, ids, name_index);
+    END IF;
     IF any_due THEN
         PERFORM hopper._notify_jobs();
     END IF;
