@@ -485,14 +485,24 @@ BEGIN
     IF cardinality(barriers) = 0 THEN
         RETURN;
     END IF;
-    WITH RECURSIVE reached (barrier_id, id, is_start) AS (
-        SELECT b.id, b.id, true FROM unnest(barriers) AS b (id)
+    WITH RECURSIVE reached (barrier_id, id) AS (
+        -- first steps: the call's waiting jobs holding a barrier's tags (an
+        -- old holder could only lead back through a cycle already there)
+        SELECT b.id, n.id
+        FROM hopper._jobs AS b
+        CROSS JOIN unnest(ids) AS c (id)
+        CROSS JOIN LATERAL (
+            SELECT n.id FROM hopper._jobs AS n
+            WHERE
+                n.id = c.id AND n.id <> b.id AND n.state = 'waiting'
+                AND n.tags @> b.depends_on_tags
+        ) AS n
+        WHERE b.id = any(barriers)
         UNION
-        -- what a waiting job waits for: its prerequisites and the jobs
-        -- holding its barrier's tags (lookups by id, row by row: the walk
-        -- is small, and a join planned on guessed sizes scanned every job
-        -- for each row)
-        SELECT r.barrier_id, awaited.id, false
+        -- then what each waiting job waits for: its prerequisites and the
+        -- jobs holding its barrier's tags (looked up by id, row by row: a
+        -- join planned on guessed sizes scanned every job for each row)
+        SELECT r.barrier_id, awaited.id
         FROM reached AS r
         CROSS JOIN LATERAL (
             SELECT w.id, w.depends_on, w.depends_on_tags FROM hopper._jobs AS w
@@ -508,12 +518,12 @@ BEGIN
                 AND holder.tags @> w.depends_on_tags AND holder.id <> w.id
                 AND holder.state = 'waiting'
         ) AS awaited
-        WHERE r.is_start OR r.id <> r.barrier_id
+        WHERE r.id <> r.barrier_id
     )
 
     SELECT min(r.barrier_id) INTO cyclic
     FROM reached AS r
-    WHERE r.id = r.barrier_id AND NOT r.is_start;
+    WHERE r.id = r.barrier_id;
     IF cyclic IS NOT NULL THEN
         PERFORM hopper._raise(fn, '22023', format(
             'tags make a dependency cycle: %s would wait for itself through its tag barrier',
