@@ -486,27 +486,34 @@ BEGIN
         RETURN;
     END IF;
     WITH RECURSIVE reached (barrier_id, id) AS (
-        -- first steps: the call's waiting jobs holding a barrier's tags (an
-        -- old holder could only lead back through a cycle already there)
+        -- first steps: from each waiting barrier job to the call's waiting
+        -- jobs holding its tags (an old holder could only lead back through
+        -- a cycle already there); one probe of the barriers per job
         SELECT b.id, n.id
-        FROM hopper._jobs AS b
-        CROSS JOIN unnest(ids) AS c (id)
+        FROM unnest(ids) AS c (id)
         CROSS JOIN LATERAL (
-            SELECT n.id FROM hopper._jobs AS n
-            WHERE
-                n.id = c.id AND n.id <> b.id AND n.state = 'waiting'
-                AND n.tags @> b.depends_on_tags
+            SELECT n.id, n.tags FROM hopper._jobs AS n
+            WHERE n.id = c.id AND n.state = 'waiting' AND n.tags IS NOT NULL
+            LIMIT 1
         ) AS n
-        WHERE b.id = any(barriers)
+        CROSS JOIN LATERAL (
+            SELECT b.id FROM hopper._jobs AS b
+            WHERE
+                b.depends_on_tags <@ n.tags AND b.id <> n.id
+                AND b.state = 'waiting'
+        ) AS b
         UNION
         -- then what each waiting job waits for: its prerequisites and the
-        -- jobs holding its barrier's tags (looked up by id, row by row: a
-        -- join planned on guessed sizes scanned every job for each row)
+        -- jobs holding its barrier's tags. Each job is looked up by id, row
+        -- by row: the LIMIT keeps the planner from turning the lookup into a
+        -- join, which it planned on guessed sizes (a hash of every waiting
+        -- job, or a scan of them for each row)
         SELECT r.barrier_id, awaited.id
         FROM reached AS r
         CROSS JOIN LATERAL (
             SELECT w.id, w.depends_on, w.depends_on_tags FROM hopper._jobs AS w
             WHERE w.id = r.id AND w.state = 'waiting'
+            LIMIT 1
         ) AS w
         CROSS JOIN LATERAL (
             SELECT p.id FROM unnest(w.depends_on) AS p (id)
