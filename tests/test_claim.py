@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from functools import partial
 
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from races import at_once
 from sqlcalls import add_job, call, call_one, claim, job
 
 
@@ -200,26 +202,14 @@ def test_concurrent_claimers_respect_queue_concurrency(dsn, conn):
     assert [(r["name"], r["running"]) for r in running_counts] == [("q0", 0), ("q1", 0), ("q2", 0)]
 
 
-def test_queue_slots_are_never_exceeded_while_held(dsn, conn):
+def test_queue_slots_are_never_exceeded_while_held(conn, connect):
     """Each claimer holds its claimed job (running) while others try: at most
     concurrency jobs of the queue are ever running together."""
     call(conn, "add_jobs", Jsonb([{"identifier": "t", "queue_name": "q"}] * 20))
     call(conn, "set_queue", "q", 2)
-    barrier = threading.Barrier(8)
-    results: list[int] = []
-
-    def claimer(i: int) -> None:
-        with psycopg.connect(dsn, autocommit=True) as own:
-            barrier.wait()
-            rows = own.execute("SELECT id FROM hopper.get_jobs(%s, batch_size => 3)", [f"c{i}"])
-            results.append(len(rows.fetchall()))
-
-    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sum(results) == 2
+    claimers = [connect() for _ in range(8)]
+    results = at_once(*(partial(claim, c, f"c{i}", batch_size=3) for i, c in enumerate(claimers)))
+    assert sum(len(claimed) for claimed in results) == 2
     assert (
         conn.execute("SELECT count(*) AS n FROM hopper.jobs WHERE state = 'running'").fetchone()[
             "n"

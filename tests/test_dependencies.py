@@ -12,7 +12,7 @@ import pytest
 import worker_tasks
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from races import run_producers_and_workers
+from races import at_once, run_producers_and_workers
 from sqlcalls import add_job, call, call_one, claim, job
 
 import hopper
@@ -469,26 +469,6 @@ def test_edges_are_kept_for_unfinished_prerequisites_only(conn):
     assert conn.execute("SELECT count(*) AS n FROM hopper._job_dependencies").fetchone() == {"n": 0}
 
 
-def race(*actions) -> None:
-    """Runs the actions at the same moment, each in its own thread."""
-    barrier = threading.Barrier(len(actions))
-    errors: list[BaseException] = []
-
-    def start(action) -> None:
-        try:
-            barrier.wait()
-            action()
-        except BaseException as error:  # surfaced below
-            errors.append(error)
-
-    threads = [threading.Thread(target=start, args=(a,)) for a in actions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-
-
 def test_dependent_added_in_a_transaction_open_while_its_prerequisite_completes(conn, connect, dsn):
     """The producer locks the prerequisite: the completion waits for its commit
     and then releases the dependent it could not see before."""
@@ -537,7 +517,7 @@ def test_two_prerequisites_ending_at_once_release_their_dependent(conn, connect)
         a, b = add_job(conn, "p")["id"], add_job(conn, "p")["id"]
         dependent = add_job(conn, "d", depends_on=[a, b])["id"]
         claim(conn, "w1", task_identifiers=["p"], batch_size=2)
-        race(
+        at_once(
             partial(call, first, "complete_job", "w1", a),
             partial(call, second, "complete_job", "w1", b),
         )
@@ -552,7 +532,7 @@ def test_two_barrier_holders_ending_at_once_release_the_barrier(conn, connect):
         a, b = add_job(conn, "p", tags=[tag])["id"], add_job(conn, "p", tags=[tag])["id"]
         barrier = add_job(conn, "d", depends_on_tags=[tag])["id"]
         claim(conn, "w1", task_identifiers=["p"], batch_size=2)
-        race(
+        at_once(
             partial(call, first, "complete_job", "w1", a),
             partial(call, second, "fail_job", "w1", b, "x", permanent=True),
         )

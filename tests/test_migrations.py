@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
+from functools import partial
 
 import psycopg
 import pytest
+from races import at_once
 
 from hopper import MigrationError, migrate
 from hopper._migrate import function_files, migrations
@@ -117,23 +118,7 @@ def test_database_newer_than_code_is_refused(empty_dsn):
 
 
 def test_eight_concurrent_migrators_apply_each_file_once(empty_dsn):
-    results: list[list[str]] = []
-    errors: list[Exception] = []
-    barrier = threading.Barrier(8)
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(migrate(empty_dsn))
-        except Exception as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    results = at_once(*[partial(migrate, empty_dsn)] * 8)
     applied = [name for result in results for name in result]
     total = len(migrations()) + len(function_files())
     assert len(applied) == total

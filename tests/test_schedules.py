@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import psycopg
 import pytest
 import worker_tasks
 from psycopg.types.json import Jsonb
+from races import at_once
 from sqlcalls import call, call_one
 from workerprocs import wait_until, worker_in_thread
 
@@ -147,23 +148,8 @@ def test_concurrent_callers_enqueue_each_firing_once(conn, connect):
     for i in range(5):
         call(conn, "add_schedule", f"s{i}", "*/10 * * * *", f"t{i}", backfill="1 hour")
         created_at(conn, f"s{i}", T0)
-    barrier = threading.Barrier(8)
-    errors: list[BaseException] = []
-
-    def enqueue() -> None:
-        try:
-            other = connect()
-            barrier.wait()
-            call(other, "enqueue_due_schedules", T0 + timedelta(hours=1))
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=enqueue) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    callers = [connect() for _ in range(8)]
+    at_once(*(partial(call, c, "enqueue_due_schedules", T0 + timedelta(hours=1)) for c in callers))
     rows = conn.execute(
         "SELECT task_identifier, count(*) AS n, count(DISTINCT run_at) AS d"
         " FROM hopper.jobs GROUP BY 1 ORDER BY 1"

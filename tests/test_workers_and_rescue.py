@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from functools import partial
 
 import psycopg
 import pytest
+from races import at_once
 from sqlcalls import add_job, call, call_one, claim, job
 
 
@@ -108,24 +110,16 @@ def test_heartbeat_waiting_behind_a_rescue_is_refused(connect):
     assert job(setup, target)["state"] == "pending"
 
 
-def test_concurrent_rescues_fail_each_job_once(dsn, conn):
+def test_concurrent_rescues_fail_each_job_once(conn, connect):
     ids = [add_job(conn, "t")["id"] for _ in range(20)]
     call(conn, "register_worker", "w1")
     claim(conn, "w1", batch_size=20)
     age_heartbeat(conn, "w1")
-    counts: list[int] = []
-    barrier = threading.Barrier(4)
-
-    def rescue() -> None:
-        with psycopg.connect(dsn, autocommit=True) as own:
-            barrier.wait()
-            counts.append(len(own.execute("SELECT * FROM hopper.rescue_stale_jobs()").fetchall()))
-
-    threads = [threading.Thread(target=rescue) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    rescuers = [connect() for _ in range(4)]
+    counts = [
+        len(rescued)
+        for rescued in at_once(*(partial(call, r, "rescue_stale_jobs") for r in rescuers))
+    ]
     assert sum(counts) == 20
     assert {job(conn, i)["attempts"] for i in ids} == {1}
     assert {len(job(conn, i)["errors"]) for i in ids} == {1}
