@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from races import at_once, run_producers_and_workers
 from sqlcalls import add_job, call, call_one, claim, job
+from workerprocs import wait_until
 
 import hopper
 
@@ -542,14 +543,14 @@ def test_two_barrier_holders_ending_at_once_release_the_barrier(conn, connect):
 
 def wait_until_blocked(conn, waiter: psycopg.Connection) -> None:
     """Returns once waiter's backend waits for a lock."""
-    for _ in range(500):
-        row = conn.execute(
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [waiter.info.backend_pid]
-        ).fetchone()
-        if row["wait_event_type"] == "Lock":
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError("the session never waited for a lock")
+    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+
+    def blocked() -> bool:
+        return (
+            conn.execute(query, [waiter.info.backend_pid]).fetchone()["wait_event_type"] == "Lock"
+        )
+
+    wait_until(blocked, 5, "the session to wait for a lock")
 
 
 def deadlocks(conn, *sessions: psycopg.Connection) -> int:

@@ -468,9 +468,12 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    -- one probe per distinct set of tags, not per spec
-    barriers bigint[] := ARRAY(
-        SELECT DISTINCT b.id
+    cyclic bigint;
+BEGIN
+    -- the common case, no waiting barrier over the call's tags: one probe
+    -- per distinct set of tags, not per spec
+    IF NOT EXISTS (
+        SELECT
         FROM (
             SELECT DISTINCT s.tags FROM unnest(specs) AS s
             WHERE
@@ -479,10 +482,7 @@ DECLARE
         ) AS t
         INNER JOIN hopper._jobs AS b
             ON b.depends_on_tags <@ t.tags AND b.state = 'waiting'
-    );
-    cyclic bigint;
-BEGIN
-    IF cardinality(barriers) = 0 THEN
+    ) THEN
         RETURN;
     END IF;
     WITH RECURSIVE reached (barrier_id, id) AS (
