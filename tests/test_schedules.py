@@ -8,12 +8,15 @@ from functools import partial
 import psycopg
 import pytest
 import worker_tasks
+from plans import plan_with, shared_buffers_touched, statement_plans
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from races import at_once
 from sqlcalls import call, call_one
 from workerprocs import wait_until, worker_in_thread
 
 import hopper
+from hopper._migrate import migrate
 
 T0 = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)  # a Tuesday
 
@@ -245,3 +248,69 @@ def test_run_once_enqueues_due_firings_then_runs_them(dsn, conn):
     assert hopper.run_once(dsn, worker_tasks.tasks) >= 1
     states = conn.execute("SELECT DISTINCT state FROM hopper.jobs").fetchall()
     assert states == [{"state": "completed"}]
+
+
+def next_fire_at(conn: psycopg.Connection, name: str = "s") -> datetime | None:
+    row = conn.execute("SELECT next_fire_at FROM hopper.schedules WHERE name = %s", [name])
+    return row.fetchone()["next_fire_at"]
+
+
+def test_next_fire_at_follows_creation_firings_and_replacement(conn):
+    call(conn, "add_schedule", "s", "30 2 * * *", "t", timezone="Europe/Paris")
+    created_at(conn, "s", T0)
+    assert next_fire_at(conn) == at("2026-12-01T01:30")  # 02:30 in Paris
+    call(conn, "enqueue_due_schedules", T0 + timedelta(days=2))
+    assert next_fire_at(conn) == at("2026-12-03T01:30")
+    call(conn, "add_schedule", "s", "0 12 * * sat", "t")  # replaced: UTC, Saturdays
+    assert next_fire_at(conn) == at("2026-12-05T12:00")
+    call(conn, "add_schedule", "s", "0 0 29 2 *", "t")
+    assert next_fire_at(conn) == at("2028-02-29T00:00")
+    call(conn, "add_schedule", "s", "0 0 30 2 *", "t")  # no February 30th
+    assert next_fire_at(conn) is None
+    assert call(conn, "enqueue_due_schedules", T0 + timedelta(days=3650)) == []
+
+
+def test_enqueue_reads_only_the_due_schedules(conn):
+    conn.execute(
+        "INSERT INTO hopper._schedules (name, cron, task_identifier, created_at)"
+        " SELECT 'later' || i, '0 3 * * *', 't', %s FROM generate_series(1, 2000) AS i",
+        [T0],
+    )
+    call(conn, "add_schedule", "due", "@hourly", "t")
+    created_at(conn, "due", T0)
+    conn.execute("ANALYZE hopper._schedules")
+
+    plans = statement_plans(
+        conn, "SELECT * FROM hopper.enqueue_due_schedules(%s)", [T0 + timedelta(hours=2)],
+        "hopper.enqueue_due_schedules(",
+    )  # fmt: skip
+    scan = plan_with(plans, "LockRows")
+    print(f"\nthe schedules one call reads, 2,001 kept:\n{scan}")
+    assert "schedules_next_fire_at" in scan, scan
+    assert shared_buffers_touched(scan) <= 20, scan
+    jobs = conn.execute("SELECT run_at FROM hopper.jobs").fetchall()
+    assert jobs == [{"run_at": T0 + timedelta(hours=2)}]
+    later = conn.execute(
+        "SELECT count(*) AS n, min(next_fire_at) AS next, max(last_fired_at) AS last"
+        " FROM hopper.schedules WHERE name LIKE 'later%'"
+    ).fetchone()
+    assert later == {"n": 2000, "next": T0 + timedelta(hours=3), "last": None}
+
+
+def test_schedules_made_before_next_fire_at_existed_are_caught_up(empty_dsn):
+    migrate(empty_dsn, up_to="0014_dependencies.sql", with_functions=False)
+    with psycopg.connect(empty_dsn, autocommit=True) as old:
+        old.execute(
+            "INSERT INTO hopper._schedules (name, cron, task_identifier, created_at)"
+            " VALUES ('due', '@hourly', 't', %s), ('later', '0 3 * * *', 't', %s)",
+            [T0, T0],
+        )
+    migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True, row_factory=dict_row) as upgraded:
+        assert next_fire_at(upgraded, "due") == T0  # a bound, until examined
+        rows = call(upgraded, "enqueue_due_schedules", T0 + timedelta(hours=1, minutes=5))
+        assert [(r["run_at"], r["payload"]["_cron"]["backfilled"]) for r in rows] == [
+            (T0 + timedelta(hours=1), False)
+        ]
+        assert next_fire_at(upgraded, "due") == T0 + timedelta(hours=2)
+        assert next_fire_at(upgraded, "later") == T0 + timedelta(hours=3)

@@ -212,6 +212,48 @@ BEGIN
 END
 $$;
 
+-- The first firing of a parsed cron after `after`, or NULL when none comes
+-- within 28 years (after which dates fall on the same weekdays again,
+-- so such a cron, say "0 0 30 2 *", never fires). Tries a day, a month, a
+-- year, then the rest, so a frequent cron never generates far ahead.
+CREATE OR REPLACE FUNCTION hopper._cron_next(
+    parsed jsonb, timezone text, after timestamptz
+) RETURNS timestamptz
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    horizon interval;
+    first_firing timestamptz;
+BEGIN
+    FOREACH horizon IN ARRAY ARRAY[
+        interval '1 day', interval '32 days', interval '367 days', interval '28 years 2 days'
+    ] LOOP
+        SELECT min(f.at) INTO first_firing
+        FROM hopper._cron_firings(parsed, timezone, after, after + horizon) AS f (at);
+        IF first_firing IS NOT NULL THEN
+            RETURN first_firing;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- Trigger of _schedules (migration 0015): next_fire_at is the first firing
+-- after the last one enqueued (a new schedule: after its creation).
+CREATE OR REPLACE FUNCTION hopper._schedule_next_fire_at() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.next_fire_at := hopper._cron_next(
+        hopper._cron_parse('add_schedule', NEW.cron), NEW.timezone,
+        coalesce(NEW.last_fired_at, NEW.created_at)
+    );
+    RETURN NEW;
+END
+$$;
+
 -- The job of one firing: the schedule's task, options and payload, with the
 -- firing as run_at and in the payload's "_cron".
 CREATE OR REPLACE FUNCTION hopper._firing_spec(
@@ -339,7 +381,8 @@ $$;
 
 -- Enqueues what each schedule owes up to now: its latest firing since the
 -- last one enqueued, on time, and earlier ones within backfill of now,
--- marked backfilled. Each schedule is locked while it is done and skipped
+-- marked backfilled. Only schedules whose next firing is due are read (by
+-- the index on next_fire_at). Each is locked while it is done and skipped
 -- when another caller holds it, so a firing is enqueued once however many
 -- workers call this at once. A schedule whose jobs cannot be added (say its
 -- payload outgrew max_payload_bytes) gets a WARNING and is tried again at
@@ -355,7 +398,10 @@ DECLARE
 BEGIN
     PERFORM hopper._check_required('enqueue_due_schedules', 'now', upto IS NULL);
     FOR schedule IN
-        SELECT * FROM hopper._schedules AS s ORDER BY s.name FOR UPDATE SKIP LOCKED
+        SELECT * FROM hopper._schedules AS s
+        WHERE s.next_fire_at <= upto
+        ORDER BY s.name
+        FOR UPDATE SKIP LOCKED
     LOOP
         BEGIN
             RETURN QUERY SELECT * FROM hopper._enqueue_firings(schedule, upto);
@@ -381,6 +427,12 @@ DECLARE
     latest timestamptz := hopper._cron_latest(parsed, schedule.timezone, after, upto);
 BEGIN
     IF latest IS NULL THEN
+        -- next_fire_at was only a bound: set by migration 0015, or by time
+        -- zone rules that have changed since
+        UPDATE hopper._schedules AS s SET next_fire_at = hopper._cron_next(
+            parsed, schedule.timezone, after
+        )
+        WHERE s.name = schedule.name;
         RETURN;
     END IF;
     RETURN QUERY SELECT * FROM hopper.add_jobs(
