@@ -5,6 +5,7 @@ ending its prerequisites."""
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import psycopg
@@ -397,6 +398,50 @@ def test_a_replace_that_closes_a_barrier_cycle_is_refused(conn):
         add_job(conn, "k", job_key="k", tags=["import"], depends_on=[barrier])
     after = job(conn, keyed["id"])
     assert (after["state"], after["tags"], after["revision"]) == ("waiting", None, 0)
+
+
+def test_a_replace_without_tags_that_closes_a_barrier_cycle_is_refused(conn):
+    """report holds the barrier's tags and waits for the keyed job; making the keyed
+    job wait for the barrier would close report -> keyed -> barrier -> report."""
+    keyed = add_job(conn, "k", job_key="k", run_at=datetime.now(UTC) + timedelta(hours=1))
+    report = add_job(conn, "report", tags=["import"], depends_on=[keyed["id"]])["id"]
+    barrier = add_job(conn, "barrier", depends_on_tags=["import"])["id"]
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        add_job(conn, "k", job_key="k", depends_on=[barrier])
+    assert refused.value.diag.message_primary == (
+        f"add_job: depends_on makes a dependency cycle: job {keyed['id']} would wait for itself"
+    )
+    assert (state(conn, keyed["id"]), job(conn, keyed["id"])["revision"]) == ("scheduled", 0)
+    assert (state(conn, report), state(conn, barrier)) == ("waiting", "waiting")
+
+
+def test_a_replace_whose_new_barrier_is_held_by_its_own_dependent_is_refused(conn):
+    keyed = add_job(conn, "k", job_key="k", run_at=datetime.now(UTC) + timedelta(hours=1))
+    add_job(conn, "report", tags=["import"], depends_on=[keyed["id"]])
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        add_job(conn, "k", job_key="k", depends_on_tags=["import"])
+    assert refused.value.diag.message_primary == (
+        f"add_job: depends_on_tags makes a dependency cycle: job {keyed['id']}"
+        " would wait for itself"
+    )
+    assert state(conn, keyed["id"]) == "scheduled"
+
+
+def test_a_retry_that_would_close_a_barrier_cycle_is_refused(conn):
+    """r waits for holders of b, s for holders of a; r holds a, s holds b. r was
+    cancelled before s was added, so only its retry would close the cycle."""
+    r = add_job(conn, "r", tags=["a"], depends_on_tags=["b"])["id"]
+    call(conn, "cancel_jobs", [r])
+    add_job(conn, "h", tags=["a"])
+    s = add_job(conn, "s", tags=["b"], depends_on_tags=["a"])["id"]
+    assert state(conn, s) == "waiting"
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+        call(conn, "retry_jobs", [r])
+    assert refused.value.diag.message_primary == (
+        f"retry_jobs: tags make a dependency cycle: job {r} would wait for itself"
+        " through a tag barrier"
+    )
+    assert (state(conn, r), state(conn, s)) == ("cancelled", "waiting")
 
 
 def test_two_specs_holding_each_others_barrier_are_refused(conn):

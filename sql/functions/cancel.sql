@@ -41,7 +41,10 @@ $$;
 
 -- Makes failed or cancelled jobs runnable now with attempts reset. A job whose
 -- key another active job holds now is skipped. A job with dependencies
--- waits for them again (and is cancelled again while one is failed).
+-- waits for them again (and is cancelled again while one is failed); a call
+-- that would leave a job waiting for itself through tag barriers made since
+-- it ended is refused. No job waits on a finished one by id (its dependents
+-- were cancelled with it), so only a barrier can lead back.
 CREATE OR REPLACE FUNCTION hopper.retry_jobs(job_ids bigint[])
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -51,6 +54,7 @@ DECLARE
     retried_ids bigint[];
     held bigint[];
     locked record;
+    cyclic bigint;
 BEGIN
     PERFORM hopper._check_required('retry_jobs', 'job_ids', job_ids IS NULL);
     WITH retried AS (
@@ -79,6 +83,13 @@ BEGIN
     INTO retried_ids, held
     FROM retried AS r;
     IF held IS NOT NULL THEN
+        cyclic := hopper._cycle_origin(held, held);
+        IF cyclic IS NOT NULL THEN
+            PERFORM hopper._raise('retry_jobs', '22023', format(
+                'tags make a dependency cycle: job %s would wait for itself'
+                ' through a tag barrier', cyclic
+            ));
+        END IF;
         -- a prerequisite pruned since counts as completed
         locked := hopper._lock_prerequisites(held);
         PERFORM hopper._settle_held(held, locked.holders);

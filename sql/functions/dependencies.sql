@@ -424,31 +424,73 @@ BEGIN
 END
 $$;
 
--- A job-key replace gives an existing job new prerequisites, which may
--- already wait for it, directly or through other waiting jobs: a cycle no
--- batch reference shows. Walks up from the replaced jobs' prerequisites
--- through waiting jobs (their ancestry, not every waiting job).
-CREATE OR REPLACE FUNCTION hopper._check_replaced_cycles(fn text, replaced_ids bigint[])
-RETURNS void
+-- The least of the origins that waits for itself, or NULL: walks from each
+-- (origin, start) pair through what each waiting job waits for, its
+-- prerequisites and the waiting jobs holding its barrier's tags. A pair
+-- whose start is its origin begins with what the origin waits for.
+CREATE OR REPLACE FUNCTION hopper._cycle_origin(origins bigint[], starts bigint[])
+RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cyclic bigint;
 BEGIN
-    WITH RECURSIVE prerequisite (id) AS (
-        SELECT unnest(r.depends_on) FROM hopper._jobs AS r WHERE r.id = any(replaced_ids)
+    WITH RECURSIVE reached (origin, id, moved) AS (
+        SELECT s.origin, s.id, s.origin <> s.id
+        FROM unnest(origins, starts) AS s (origin, id)
         UNION
-        SELECT unnest(w.depends_on)
-        FROM prerequisite AS p
-        INNER JOIN hopper._jobs AS w ON p.id = w.id
-        WHERE w.state = 'waiting'
+        -- Each job is looked up by id, row by row: the LIMIT keeps the
+        -- planner from turning the lookup into a join, which it planned on
+        -- guessed sizes (a hash of every waiting job, or a scan of them for
+        -- each row)
+        SELECT r.origin, awaited.id, true
+        FROM reached AS r
+        CROSS JOIN LATERAL (
+            SELECT w.id, w.depends_on, w.depends_on_tags FROM hopper._jobs AS w
+            WHERE w.id = r.id AND w.state = 'waiting'
+            LIMIT 1
+        ) AS w
+        CROSS JOIN LATERAL (
+            SELECT p.id FROM unnest(w.depends_on) AS p (id)
+            UNION ALL
+            SELECT holder.id FROM hopper._jobs AS holder
+            WHERE
+                -- tested first, once per job: no scan without a barrier
+                w.depends_on_tags IS NOT NULL
+                AND holder.tags @> w.depends_on_tags AND holder.id <> w.id
+                AND holder.state = 'waiting'
+        ) AS awaited
+        WHERE NOT r.moved OR r.id <> r.origin
     )
 
-    SELECT min(p.id) INTO cyclic FROM prerequisite AS p WHERE p.id = any(replaced_ids);
+    SELECT min(r.origin) INTO cyclic
+    FROM reached AS r
+    WHERE r.moved AND r.id = r.origin;
+    RETURN cyclic;
+END
+$$;
+
+-- A job-key replace gives an existing job new prerequisites or a new
+-- barrier, and other waiting jobs may already wait for it: a cycle no batch
+-- reference shows. Walks from the replaced jobs through what they wait for,
+-- barriers included (their ancestry, not every waiting job).
+CREATE OR REPLACE FUNCTION hopper._check_replaced_cycles(fn text, replaced_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cyclic bigint := hopper._cycle_origin(replaced_ids, replaced_ids);
+BEGIN
     IF cyclic IS NOT NULL THEN
         PERFORM hopper._raise(fn, '22023', format(
-            'depends_on makes a dependency cycle: job %s would wait for itself', cyclic
+            '%s makes a dependency cycle: job %s would wait for itself',
+            (
+                SELECT CASE WHEN j.depends_on IS NULL THEN 'depends_on_tags' ELSE 'depends_on' END
+                FROM hopper._jobs AS j WHERE j.id = cyclic
+            ),
+            cyclic
         ));
     END IF;
 END
@@ -456,11 +498,12 @@ $$;
 
 -- Refuses a call that closes a cycle through a tag barrier: a job it leaves
 -- waiting would wait, through other waiting jobs and barriers, for itself.
--- Into a job of the call only a barrier can lead (id cycles are found by
--- _check_batch_cycles and _check_replaced_cycles), so every such cycle runs
--- through a waiting barrier job whose tags one of the call's jobs holds: the
--- walk starts from those and looks for a way back. ids: each spec's job,
--- NULL for one that changed nothing.
+-- Into a new job of the call only a barrier can lead (id cycles are found by
+-- _check_batch_cycles, and cycles into a replaced job by
+-- _check_replaced_cycles), so every such cycle runs through a waiting
+-- barrier job whose tags one of the call's jobs holds: the walk starts from
+-- those and looks for a way back. ids: each spec's job, NULL for one that
+-- changed nothing.
 CREATE OR REPLACE FUNCTION hopper._check_barrier_cycles(
     fn text, specs hopper.job_spec[], ids bigint[], name_index boolean
 ) RETURNS void
@@ -468,6 +511,8 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    barriers bigint[];
+    holders bigint[];
     cyclic bigint;
 BEGIN
     -- the common case, no waiting barrier over the call's tags: one probe
@@ -485,52 +530,23 @@ BEGIN
     ) THEN
         RETURN;
     END IF;
-    WITH RECURSIVE reached (barrier_id, id) AS (
-        -- first steps: from each waiting barrier job to the call's waiting
-        -- jobs holding its tags (an old holder could only lead back through
-        -- a cycle already there); one probe of the barriers per job
-        SELECT b.id, n.id
-        FROM unnest(ids) AS c (id)
-        CROSS JOIN LATERAL (
-            SELECT n.id, n.tags FROM hopper._jobs AS n
-            WHERE n.id = c.id AND n.state = 'waiting' AND n.tags IS NOT NULL
-            LIMIT 1
-        ) AS n
-        CROSS JOIN LATERAL (
-            SELECT b.id FROM hopper._jobs AS b
-            WHERE
-                b.depends_on_tags <@ n.tags AND b.id <> n.id
-                AND b.state = 'waiting'
-        ) AS b
-        UNION
-        -- then what each waiting job waits for: its prerequisites and the
-        -- jobs holding its barrier's tags. Each job is looked up by id, row
-        -- by row: the LIMIT keeps the planner from turning the lookup into a
-        -- join, which it planned on guessed sizes (a hash of every waiting
-        -- job, or a scan of them for each row)
-        SELECT r.barrier_id, awaited.id
-        FROM reached AS r
-        CROSS JOIN LATERAL (
-            SELECT w.id, w.depends_on, w.depends_on_tags FROM hopper._jobs AS w
-            WHERE w.id = r.id AND w.state = 'waiting'
-            LIMIT 1
-        ) AS w
-        CROSS JOIN LATERAL (
-            SELECT p.id FROM unnest(w.depends_on) AS p (id)
-            UNION ALL
-            SELECT holder.id FROM hopper._jobs AS holder
-            WHERE
-                -- tested first, once per job: no scan without a barrier
-                w.depends_on_tags IS NOT NULL
-                AND holder.tags @> w.depends_on_tags AND holder.id <> w.id
-                AND holder.state = 'waiting'
-        ) AS awaited
-        WHERE r.id <> r.barrier_id
-    )
-
-    SELECT min(r.barrier_id) INTO cyclic
-    FROM reached AS r
-    WHERE r.id = r.barrier_id;
+    -- from each waiting barrier job to the call's waiting jobs holding its
+    -- tags (an old holder could only lead back through a cycle already
+    -- there); one probe of the barriers per job
+    SELECT array_agg(b.id), array_agg(n.id) INTO barriers, holders
+    FROM unnest(ids) AS c (id)
+    CROSS JOIN LATERAL (
+        SELECT n.id, n.tags FROM hopper._jobs AS n
+        WHERE n.id = c.id AND n.state = 'waiting' AND n.tags IS NOT NULL
+        LIMIT 1
+    ) AS n
+    CROSS JOIN LATERAL (
+        SELECT b.id FROM hopper._jobs AS b
+        WHERE
+            b.depends_on_tags <@ n.tags AND b.id <> n.id
+            AND b.state = 'waiting'
+    ) AS b;
+    cyclic := hopper._cycle_origin(barriers, holders);
     IF cyclic IS NOT NULL THEN
         PERFORM hopper._raise(fn, '22023', format(
             'tags make a dependency cycle: %s would wait for itself through its tag barrier',
