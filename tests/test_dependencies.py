@@ -648,6 +648,46 @@ def test_two_failures_cascading_through_one_graph_in_opposite_orders_both_end(co
     assert deadlocks(conn, first, second) >= deadlocks_before + 1  # it did happen
 
 
+def test_two_transactions_adding_the_halves_of_a_barrier_cycle_at_once(conn, connect):
+    """j1 holds b and waits while a is held; j2 holds a and waits while b is held.
+    Added in two open transactions, neither sees the other: the second must wait
+    for the first to commit, then see the cycle and be refused."""
+    holder_a = add_job(conn, "h", tags=["a"])["id"]
+    add_job(conn, "h", tags=["b"])
+    first = psycopg.connect(conn.info.dsn, row_factory=dict_row)
+    second = connect()
+    outcome: list[object] = []
+
+    def add_second_half() -> None:
+        try:
+            outcome.append(add_job(second, "j2", tags=["a"], depends_on_tags=["b"]))
+        except psycopg.Error as error:
+            outcome.append(error)
+
+    with first:
+        j1 = add_job(first, "j1", tags=["b"], depends_on_tags=["a"])["id"]
+        adding = threading.Thread(target=add_second_half)
+        adding.start()
+        wait_until(
+            lambda: outcome or conn.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                [second.info.backend_pid],
+            ).fetchone()["wait_event_type"] == "Lock",
+            5, "the second half to be added or to wait",
+        )  # fmt: skip
+        first.commit()
+        adding.join(10)
+    (refused,) = outcome
+    assert isinstance(refused, psycopg.errors.InvalidParameterValue), refused
+    assert "tags make a dependency cycle" in str(refused)
+    assert [r["task_identifier"] for r in conn.execute("SELECT * FROM hopper.jobs")] == [
+        "h", "h", "j1"
+    ]  # fmt: skip
+    claim(conn, "w1", task_identifiers=["h"], batch_size=2)
+    call(conn, "complete_job", "w1", holder_a)
+    assert state(conn, j1) == "pending"
+
+
 def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
     """Four producers add jobs depending on random earlier jobs and tags while two
     workers complete or fail whatever they claim. Once all is drained no job may

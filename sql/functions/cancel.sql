@@ -57,6 +57,19 @@ DECLARE
     cyclic bigint;
 BEGIN
     PERFORM hopper._check_required('retry_jobs', 'job_ids', job_ids IS NULL);
+    PERFORM hopper._lock_barrier_tags(
+        ARRAY(
+            SELECT DISTINCT t.tag FROM hopper._jobs AS j CROSS JOIN LATERAL unnest(j.tags) AS t (tag)
+            WHERE
+                j.id = any(job_ids) AND j.state IN ('failed', 'cancelled')
+                AND (j.depends_on IS NOT NULL OR j.depends_on_tags IS NOT NULL)
+        ),
+        ARRAY(
+            SELECT DISTINCT t.tag
+            FROM hopper._jobs AS j CROSS JOIN LATERAL unnest(j.depends_on_tags) AS t (tag)
+            WHERE j.id = any(job_ids) AND j.state IN ('failed', 'cancelled')
+        )
+    );
     WITH retried AS (
         UPDATE hopper._jobs AS j SET
             state = CASE

@@ -424,6 +424,73 @@ BEGIN
 END
 $$;
 
+-- Two transactions can each add one half of a cycle through a tag barrier
+-- that neither check sees: a waiting barrier and a waiting holder of its
+-- tags, made at once. So a call storing waiting jobs takes, until it
+-- commits, an advisory lock per tag: shared for each tag a waiting job of
+-- it holds, exclusive for each tag a barrier of it waits on. A barrier and
+-- a waiting holder of its tags are then made one after the other, and the
+-- second's check sees the first; holders of one tag never wait for each
+-- other. Taken in key order, before the call locks any job, so lockers of
+-- several tags cannot deadlock here.
+CREATE OR REPLACE FUNCTION hopper._lock_barrier_tags(held_tags text[], barrier_tags text[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- one class of advisory keys per schema (the migrator renames it)
+    tag_class integer := hashtext('hopper.barrier_tags');
+    tag_lock record;
+BEGIN
+    FOR tag_lock IN
+        SELECT hashtext(t.tag) AS key, bool_or(t.exclusive) AS exclusive
+        FROM (
+            SELECT h.tag, false FROM unnest(held_tags) AS h (tag)
+            UNION ALL
+            SELECT b.tag, true FROM unnest(barrier_tags) AS b (tag)
+        ) AS t (tag, exclusive)
+        GROUP BY 1
+        ORDER BY 1
+    LOOP
+        IF tag_lock.exclusive THEN
+            PERFORM pg_advisory_xact_lock(tag_class, tag_lock.key);
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared(tag_class, tag_lock.key);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The tags _lock_barrier_tags takes for specs: those held by the jobs that
+-- wait, and those barriers wait on. Distinct tag sets first: a large batch
+-- mostly repeats a few.
+CREATE OR REPLACE FUNCTION hopper._spec_barrier_tags(
+    specs hopper.job_spec[], OUT held_tags text[], OUT barrier_tags text[]
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT
+        array_agg(DISTINCT h.tag) FILTER (WHERE NOT h.barrier),
+        array_agg(DISTINCT h.tag) FILTER (WHERE h.barrier)
+    INTO held_tags, barrier_tags
+    FROM (
+        SELECT DISTINCT
+            s.tags,
+            s.depends_on_tags,
+            cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0 AS waits
+        FROM unnest(specs) AS s
+    ) AS d
+    CROSS JOIN LATERAL (
+        SELECT t.tag, false FROM unnest(d.tags) AS t (tag) WHERE d.waits
+        UNION ALL
+        SELECT t.tag, true FROM unnest(d.depends_on_tags) AS t (tag)
+    ) AS h (tag, barrier);
+END
+$$;
+
 -- The least of the origins that waits for itself, or NULL: walks from each
 -- (origin, start) pair through what each waiting job waits for, its
 -- prerequisites and the waiting jobs holding its barrier's tags. A pair
@@ -576,6 +643,7 @@ DECLARE
     any_queued boolean;
     any_due boolean;
     any_tagged_waiting boolean;
+    any_barrier boolean;
 BEGIN
     PERFORM hopper._check_batch_cycles(fn, specs, name_index);
     SELECT
@@ -589,9 +657,14 @@ BEGIN
         bool_or(
             cardinality(s.tags) > 0
             AND (cardinality(s.depends_on) > 0 OR cardinality(s.depends_on_tags) > 0)
-        )
-    INTO any_keyed, any_queued, any_due, any_tagged_waiting
+        ),
+        bool_or(cardinality(s.depends_on_tags) > 0)
+    INTO any_keyed, any_queued, any_due, any_tagged_waiting, any_barrier
     FROM unnest(specs) AS s;
+    IF any_tagged_waiting OR any_barrier THEN
+        PERFORM hopper._lock_barrier_tags(l.held_tags, l.barrier_tags)
+        FROM hopper._spec_barrier_tags(specs) AS l;
+    END IF;
     IF any_keyed THEN
         SELECT a.ids, a.outcomes INTO ids, outcomes FROM hopper._apply_specs(specs) AS a;
         PERFORM hopper._hold_dependents(fn, specs, ids, outcomes, name_index);
