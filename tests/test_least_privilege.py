@@ -11,6 +11,7 @@ import worker_tasks
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call
+from workerprocs import wait_until, worker_in_thread
 
 import hopper
 
@@ -19,7 +20,7 @@ WORKER = PRODUCER | {
     "register_worker", "unregister_worker", "heartbeat", "get_jobs", "get_job", "complete_job",
     "complete_claimed_jobs", "complete_claimed_job_ids", "fail_job", "fail_claimed_jobs",
     "release_jobs",
-    "rescue_stale_jobs", "set_progress", "enqueue_due_schedules",
+    "rescue_stale_jobs", "set_progress", "enqueue_due_schedules", "next_schedule_firing",
 }  # fmt: skip
 
 # one harmless call per operation; "me" is replaced by the role's name
@@ -41,6 +42,7 @@ OPERATIONS = {
     "rescue_stale_jobs": "SELECT hopper.rescue_stale_jobs()",
     "set_progress": "SELECT hopper.set_progress('me', 1, 5)",
     "enqueue_due_schedules": "SELECT hopper.enqueue_due_schedules()",
+    "next_schedule_firing": "SELECT hopper.next_schedule_firing()",
     "add_schedule": "SELECT hopper.add_schedule('s', '@daily', 't')",
     "remove_schedule": "SELECT hopper.remove_schedule('s')",
     "read schedules view": "SELECT * FROM hopper.schedules",
@@ -138,3 +140,25 @@ def test_a_worker_role_granted_before_schedules_existed_still_runs_jobs(dsn, rol
     ran = hopper.run_once(make_conninfo(dsn, user=worker_role), worker_tasks.tasks)
     assert ran == 1
     assert "may not call enqueue_due_schedules" in caplog.text
+
+
+def test_a_worker_role_without_next_schedule_firing_enqueues_at_its_interval(dsn, roles, caplog):
+    """A role granted before next_schedule_firing existed: its worker warns, keeps
+    enqueueing due firings every schedule_interval, and runs them."""
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute(f"REVOKE EXECUTE ON FUNCTION hopper.next_schedule_firing FROM {worker_role}")
+        call(owner, "add_schedule", "s", "* * * * *", "echo")
+        owner.execute("UPDATE hopper._schedules SET created_at = now() - interval '61 seconds'")
+        caplog.set_level(logging.WARNING, logger="hopper")
+        worker = hopper.Worker(
+            make_conninfo(dsn, user=worker_role), worker_tasks.tasks, schedule_interval=0.2
+        )
+        with worker_in_thread(worker):
+            wait_until(
+                lambda: owner.execute(
+                    "SELECT 1 FROM hopper.jobs WHERE state = 'completed'"
+                ).fetchone(),
+                10, "the firing's job to run",
+            )  # fmt: skip
+    assert "may not call next_schedule_firing" in caplog.text

@@ -224,6 +224,34 @@ def test_a_running_worker_enqueues_and_runs_due_firings(dsn, conn):
     assert last == fired[-1]["run_at"]
 
 
+def test_a_worker_wakes_for_the_next_firing_not_only_every_interval(dsn, conn):
+    """With schedule_interval 60 s, the worker still looks at the schedules when the
+    next firing comes: here next_fire_at, set by hand to 1.5 s ahead (no firing is
+    really due then), is worked out again soon after."""
+    call(conn, "add_schedule", "s", "* * * * *", "echo")
+    soon = conn.execute(
+        "UPDATE hopper._schedules SET next_fire_at = now() + interval '1.5 seconds'"
+        " RETURNING next_fire_at"
+    ).fetchone()["next_fire_at"]
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, schedule_interval=60)
+    with worker_in_thread(worker):
+        wait_until(lambda: next_fire_at(conn) != soon, 5, "the worker to call at the firing")
+    worked_out = next_fire_at(conn)
+    assert worked_out is not None and worked_out > soon - timedelta(seconds=1.5)
+    assert (worked_out.second, worked_out.microsecond) == (0, 0)
+
+
+def test_next_schedule_firing_is_the_earliest_ahead(conn):
+    assert call_one(conn, "next_schedule_firing")["next_schedule_firing"] is None
+    call(conn, "add_schedule", "daily", "0 3 * * *", "t")
+    call(conn, "add_schedule", "never", "0 0 30 2 *", "t")
+    daily = next_fire_at(conn, "daily")
+    assert call_one(conn, "next_schedule_firing")["next_schedule_firing"] == daily
+    # a firing due but not enqueued (its jobs could not be added) is not ahead
+    conn.execute("UPDATE hopper._schedules SET next_fire_at = now() - interval '1 minute'")
+    assert call_one(conn, "next_schedule_firing")["next_schedule_firing"] is None
+
+
 def test_a_schedule_that_cannot_enqueue_warns_and_leaves_the_others_alone(conn):
     call(conn, "add_schedule", "a_big", "@hourly", "t", {"blob": "x" * 500})
     call(conn, "add_schedule", "b_small", "@hourly", "t", {})

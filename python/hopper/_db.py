@@ -169,6 +169,16 @@ class Database:
         rows = await self.rows(self.call("enqueue_due_schedules", "", "count(*) AS added"), [])
         return int(rows[0]["added"])
 
+    async def seconds_to_next_firing(self) -> float | None:
+        """Seconds until a schedule fires next, on the database's clock; None when
+        none will."""
+        query = self.call(
+            "next_schedule_firing", "",
+            "extract(epoch FROM next_schedule_firing - clock_timestamp())::float8 AS seconds",
+        )  # fmt: skip
+        rows = await self.rows(query, [])
+        return rows[0]["seconds"]
+
     async def unregister(self, worker_id: str) -> None:
         await self.rows(self.call("unregister_worker", "%s"), [worker_id])
 

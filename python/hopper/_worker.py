@@ -36,6 +36,8 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # made it "waiting" sends no NOTIFY (see _notify_jobs).
 FIRST_IDLE_POLL = 0.05
 CANCELLED_BY_REQUEST = "cancelled by request"
+# Wakes this long after a firing, so that the database's now() has passed it.
+FIRING_MARGIN = 0.005
 
 
 def new_worker_id() -> str:
@@ -84,6 +86,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.schedule_interval = schedule_interval
+        self._firings_readable = True
         self.worker_id = worker_id or new_worker_id()
         self.db = Database(dsn_or_conn, schema, pool_size=3)
         self._transactions = self.db.job_transaction if self.db.dsn else None
@@ -270,10 +273,30 @@ class Worker:
                 logger.warning("heartbeat failed (%s)", error)
 
     async def _enqueue_schedules_forever(self) -> None:
-        """Enqueue the firings schedules owe, at start and every schedule_interval
+        """Enqueue the firings schedules owe, at start, when the next one is due and
+        at least every schedule_interval, which also finds schedules added meanwhile
         (enqueue_due_schedules enqueues each firing once, however many workers call)."""
         while await self._enqueue_schedules():
-            await asyncio.sleep(self.schedule_interval)
+            await asyncio.sleep(await self._until_next_firing())
+
+    async def _until_next_firing(self) -> float:
+        if not self._firings_readable:
+            return self.schedule_interval
+        try:
+            seconds = await self.db.seconds_to_next_firing()
+        except psycopg.errors.InsufficientPrivilege:
+            logger.warning(
+                "this role may not call next_schedule_firing, so this worker enqueues"
+                " firings up to schedule_interval late: run grant_worker for it again"
+            )
+            self._firings_readable = False
+            return self.schedule_interval
+        except psycopg.OperationalError as error:
+            logger.warning("reading the next schedule firing failed (%s)", error)
+            return self.schedule_interval
+        if seconds is None:
+            return self.schedule_interval
+        return min(self.schedule_interval, max(0.0, seconds) + FIRING_MARGIN)
 
     async def _enqueue_schedules(self) -> bool:
         """One call of enqueue_due_schedules; False when this role may not make it

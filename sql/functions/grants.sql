@@ -50,7 +50,7 @@ BEGIN
             'add_job', 'add_jobs', 'job_status', 'register_worker', 'unregister_worker',
             'heartbeat', 'get_jobs', 'get_job', 'complete_job', 'complete_claimed_jobs',
             'complete_claimed_job_ids', 'fail_job', 'fail_claimed_jobs', 'release_jobs', 'rescue_stale_jobs',
-            'set_progress', 'enqueue_due_schedules'
+            'set_progress', 'enqueue_due_schedules', 'next_schedule_firing'
         ]
     );
 END

@@ -413,6 +413,20 @@ BEGIN
 END
 $$;
 
+-- When a schedule fires next, after now: the earliest next_fire_at ahead,
+-- or NULL when none is. A worker sleeps until then to enqueue it on time; a
+-- firing already due but not enqueued (its jobs could not be added) is
+-- tried again at the worker's regular interval instead.
+CREATE OR REPLACE FUNCTION hopper.next_schedule_firing()
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT min(s.next_fire_at) FROM hopper._schedules AS s WHERE s.next_fire_at > now());
+END
+$$;
+
 -- One schedule's part of enqueue_due_schedules: adds the jobs of its due
 -- firings and records the latest.
 CREATE OR REPLACE FUNCTION hopper._enqueue_firings(
