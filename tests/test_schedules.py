@@ -241,6 +241,30 @@ def test_a_worker_wakes_for_the_next_firing_not_only_every_interval(dsn, conn):
     assert (worked_out.second, worked_out.microsecond) == (0, 0)
 
 
+def test_a_sleeping_worker_hears_of_a_schedule_added_meanwhile(dsn, conn, connect):
+    """The worker, with no schedule and schedule_interval 60 s, sleeps; a schedule
+    added then (whose next_fire_at is set by hand to 1 s ahead, in the same
+    transaction) is looked at when that second comes."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, schedule_interval=60)
+    with worker_in_thread(worker):
+        wait_until(
+            lambda: conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'hopper-listener'"
+                " AND query LIKE 'LISTEN%%'"
+            ).fetchone(),
+            5, "the worker to listen",
+        )  # fmt: skip
+        adder = connect()
+        with adder.transaction():
+            call(adder, "add_schedule", "s", "* * * * *", "echo")
+            soon = adder.execute(
+                "UPDATE hopper._schedules SET next_fire_at = now() + interval '1 second'"
+                " RETURNING next_fire_at"
+            ).fetchone()["next_fire_at"]
+        wait_until(lambda: next_fire_at(conn) != soon, 5, "the worker to call at the firing")
+    assert (next_fire_at(conn).second, next_fire_at(conn).microsecond) == (0, 0)
+
+
 def test_next_schedule_firing_is_the_earliest_ahead(conn):
     assert call_one(conn, "next_schedule_firing")["next_schedule_firing"] is None
     call(conn, "add_schedule", "daily", "0 3 * * *", "t")

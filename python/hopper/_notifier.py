@@ -13,11 +13,16 @@ logger = logging.getLogger("hopper.worker")
 
 
 async def listen(
-    dsn: str, schema: str, wake: asyncio.Event, on_cancel: Callable[[int], None]
+    dsn: str,
+    schema: str,
+    wake: asyncio.Event,
+    on_cancel: Callable[[int], None],
+    schedules_changed: asyncio.Event | None = None,
 ) -> None:
-    """Sets ``wake`` on every new-jobs notification and calls ``on_cancel`` with the
-    job id of every cancellation request, until cancelled. A lost connection is
-    reopened with backoff; the worker's poll and heartbeat cover the gap."""
+    """Sets ``wake`` on every new-jobs notification, ``schedules_changed`` on the
+    one add_schedule sends on that channel, and calls ``on_cancel`` with the job id
+    of every cancellation request, until cancelled. A lost connection is reopened
+    with backoff; the worker's poll and heartbeat cover the gap."""
     jobs_channel, cancel_channel = f"{schema}_jobs", f"{schema}_cancel"
     delay = 0.1
     while True:
@@ -33,6 +38,9 @@ async def listen(
                 async for notification in conn.notifies():
                     if notification.channel == cancel_channel:
                         on_cancel(int(notification.payload))
+                    elif notification.payload == "schedules":
+                        if schedules_changed is not None:
+                            schedules_changed.set()
                     else:
                         wake.set()
         except psycopg.OperationalError as error:

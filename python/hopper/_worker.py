@@ -87,6 +87,7 @@ class Worker:
         self.stale_after = stale_after
         self.schedule_interval = schedule_interval
         self._firings_readable = True
+        self._schedules_changed = asyncio.Event()
         self.worker_id = worker_id or new_worker_id()
         self.db = Database(dsn_or_conn, schema, pool_size=3)
         self._transactions = self.db.job_transaction if self.db.dsn else None
@@ -120,7 +121,13 @@ class Worker:
         if self.listen and self.db.dsn:
             helpers.append(
                 asyncio.create_task(
-                    listen(self.db.dsn, self.db.schema, self._wake, self._cancel_requested)
+                    listen(
+                        self.db.dsn,
+                        self.db.schema,
+                        self._wake,
+                        self._cancel_requested,
+                        self._schedules_changed,
+                    )
                 )
             )
         logger.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
@@ -273,11 +280,17 @@ class Worker:
                 logger.warning("heartbeat failed (%s)", error)
 
     async def _enqueue_schedules_forever(self) -> None:
-        """Enqueue the firings schedules owe, at start, when the next one is due and
-        at least every schedule_interval, which also finds schedules added meanwhile
-        (enqueue_due_schedules enqueues each firing once, however many workers call)."""
-        while await self._enqueue_schedules():
-            await asyncio.sleep(await self._until_next_firing())
+        """Enqueue the firings schedules owe, at start, when the next one is due, when
+        add_schedule notifies, and at least every schedule_interval (enqueue_due_schedules
+        enqueues each firing once, however many workers call)."""
+        while True:
+            self._schedules_changed.clear()
+            if not await self._enqueue_schedules():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._schedules_changed.wait(), await self._until_next_firing()
+                )
 
     async def _until_next_firing(self) -> float:
         if not self._firings_readable:

@@ -362,6 +362,8 @@ BEGIN
         backfill = excluded.backfill,
         timezone = excluded.timezone
     RETURNING * INTO added;
+    -- running workers sleep until the next firing they knew of
+    PERFORM pg_notify('hopper_jobs', 'schedules');
     RETURN added;
 END
 $$;
