@@ -103,6 +103,8 @@ def test_queue_stats_counts_states_per_task_and_queue(conn):
     assert stats[("b", None)]["scheduled"] == 1
     assert stats[("a", None)]["oldest_pending_age"] >= timedelta(0)
     assert stats[("b", None)]["oldest_pending_age"] is None
+    counts = ("waiting", "scheduled", "pending", "running", "completed", "failed", "cancelled")
+    assert [stats[("a", "q")][c] for c in counts] == [0, 0, 1, 0, 0, 0, 0]
 
 
 def test_settings_round_trip_and_normalise(conn):
