@@ -297,14 +297,15 @@ class Worker:
             return self.schedule_interval
         try:
             seconds = await self.db.seconds_to_next_firing()
-        except psycopg.errors.InsufficientPrivilege:
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
             logger.warning(
-                "this role may not call next_schedule_firing, so this worker enqueues"
-                " firings up to schedule_interval late: run grant_worker for it again"
+                "this role may not call next_schedule_firing (or the schema predates it),"
+                " so this worker enqueues firings up to schedule_interval late: run"
+                " grant_worker for it again (or migrate)"
             )
             self._firings_readable = False
             return self.schedule_interval
-        except psycopg.OperationalError as error:
+        except psycopg.Error as error:
             logger.warning("reading the next schedule firing failed (%s)", error)
             return self.schedule_interval
         if seconds is None:
