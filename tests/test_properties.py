@@ -3,6 +3,7 @@ SQLSTATE and changes nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -126,3 +127,47 @@ def test_every_claim_takes_the_first_jobs_of_its_tasks_in_claim_order(
             "SELECT id FROM hopper.get_jobs('w', %s, %s)", [names, batch_size]
         ).fetchall()
         assert [r["id"] for r in claimed] == expected
+
+
+CRON_FIELDS = (
+    st.sampled_from(["*", "*/15", "0", "30", "5,45", "59"]),
+    st.sampled_from(["*", "2", "3", "*/6", "9-17", "23"]),
+    st.sampled_from(["*", "1", "15", "29", "31", "1,15"]),
+    st.sampled_from(["*", "2", "*/3", "jan,jul", "12"]),
+    st.sampled_from(["*", "1", "0", "mon-fri", "sat"]),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    fields=st.tuples(*CRON_FIELDS),
+    timezone=st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"]),
+    after=st.datetimes(datetime(2026, 1, 1), datetime(2029, 12, 31), timezones=st.just(UTC)),
+)
+def test_next_fire_at_is_the_first_firing_enqueue_finds(conn, fields, timezone, after):
+    """A schedule's next_fire_at, worked out forward by the trigger, is the firing
+    that enqueue_due_schedules (which walks back from its now) enqueues first: none
+    before it, exactly it at it."""
+    cron = " ".join(fields)
+    conn.execute("DELETE FROM hopper._schedules")
+    conn.execute("DELETE FROM hopper._jobs")
+    conn.execute("SELECT hopper.add_schedule('s', %s, 't', timezone => %s)", [cron, timezone])
+    conn.execute("UPDATE hopper._schedules SET created_at = %s", [after])
+    (first,) = conn.execute("SELECT next_fire_at FROM hopper._schedules").fetchone().values()
+    earlier = conn.execute(
+        "SELECT hopper._cron_latest(hopper._cron_parse('t', %s), %s, %s, %s) AS at",
+        [cron, timezone, after, (first or after + timedelta(days=400)) - timedelta(seconds=1)],
+    ).fetchone()["at"]
+    assert earlier is None, (cron, timezone, after, first, earlier)
+    if first is None:  # never fires: nothing in the 400 days looked at either
+        return
+    assert first > after
+    jobs = conn.execute("SELECT run_at FROM hopper.enqueue_due_schedules(%s)", [first]).fetchall()
+    assert jobs == [{"run_at": first}], (cron, timezone, after)
+    (following,) = conn.execute("SELECT next_fire_at FROM hopper._schedules").fetchone().values()
+    assert following is None or following > first
