@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from races import at_once
 from sqlcalls import call, call_one
-from workerprocs import wait_until, worker_in_thread
+from workerprocs import wait_for_listener, wait_until, worker_in_thread
 
 import hopper
 from hopper._migrate import migrate
@@ -247,13 +247,7 @@ def test_a_sleeping_worker_hears_of_a_schedule_added_meanwhile(dsn, conn, connec
     transaction) is looked at when that second comes."""
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, schedule_interval=60)
     with worker_in_thread(worker):
-        wait_until(
-            lambda: conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'hopper-listener'"
-                " AND query LIKE 'LISTEN%%'"
-            ).fetchone(),
-            5, "the worker to listen",
-        )  # fmt: skip
+        wait_for_listener(conn)
         adder = connect()
         with adder.transaction():
             call(adder, "add_schedule", "s", "* * * * *", "echo")

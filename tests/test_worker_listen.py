@@ -7,7 +7,7 @@ import time
 import pytest
 import worker_tasks
 from sqlcalls import add_job, job
-from workerprocs import wait_until, worker_in_thread
+from workerprocs import wait_for_listener, wait_until, worker_in_thread
 
 import hopper
 
@@ -15,14 +15,7 @@ import hopper
 def test_idle_worker_starts_a_new_job_well_before_its_poll_interval(dsn, conn):
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=2, poll_interval=30)
     with worker_in_thread(worker):
-        wait_until(
-            lambda: conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'hopper-listener'"
-                " AND datname = current_database()"
-            ).fetchone(),
-            timeout=10,
-            what="listener",
-        )
+        wait_for_listener(conn)
         time.sleep(0.2)
         latencies = []
         for _ in range(5):

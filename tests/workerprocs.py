@@ -63,6 +63,20 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_for_listener(conn: psycopg.Connection, timeout: float = 10) -> None:
+    """Returns once a worker's listener in conn's database has run both its LISTENs
+    (the cancel channel's is the second) and waits for notifications."""
+    wait_until(
+        lambda: conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'hopper-listener'"
+            " AND datname = current_database() AND state = 'idle'"
+            " AND query LIKE 'LISTEN %%cancel%%'"
+        ).fetchone(),
+        timeout,
+        "the worker's listener",
+    )
+
+
 def scalar(dsn: str, query: str, params: list | None = None):
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query, params or []).fetchone()
