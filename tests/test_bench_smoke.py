@@ -23,4 +23,9 @@ def test_bench_quick_writes_a_report(dsn, tmp_path):
     assert "hopper / raw single-row INSERT" in result.stdout
     assert "that INSERT in a function / raw single-row INSERT" in result.stdout
     raw = {f["variant"] for f in report["results"] if f["system"] == "postgresql"}
-    assert raw == {"raw single-row INSERT", "that INSERT in a function", "raw INSERT ... SELECT"}
+    assert raw == {
+        "raw single-row INSERT", "that INSERT in a function", "that INSERT into a copy of _jobs",
+        "raw INSERT ... SELECT", "INSERT ... SELECT, copy of _jobs",
+    }  # fmt: skip
+    assert "hopper / that INSERT into a copy of _jobs" in result.stdout
+    assert "INSERT ... SELECT, copy of _jobs / raw INSERT ... SELECT" in result.stdout

@@ -231,9 +231,23 @@ def checkpoint(conn: psycopg.Connection) -> None:
         conn.execute("CHECKPOINT")
 
 
-def fresh_raw_table(conn: psycopg.Connection) -> None:
+def fresh_raw_table(conn: psycopg.Connection, like: str | None = None) -> None:
+    """bench_raw as (id, payload), or with like as a copy of that table: its columns,
+    defaults, CHECK constraints and indexes."""
     conn.execute("DROP TABLE IF EXISTS bench_raw")
-    conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+    if like is None:
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+    else:
+        table = sql.Identifier(*like.split("."))
+        conn.execute(sql.SQL("CREATE TABLE bench_raw (LIKE {} INCLUDING ALL)").format(table))
+
+
+def raw_row(jobs_table: str | None, payload: str) -> tuple[str, str]:
+    """The columns and values of a bench_raw row: the payload, or in a copy of the
+    job table the columns a plain add_job writes."""
+    if jobs_table is None:
+        return "(payload)", payload
+    return "(task_identifier, payload, state, run_at)", f"'noop', {payload}, 'pending', now()"
 
 
 RAW_INSERT_FUNCTION = """
@@ -245,16 +259,23 @@ AS $$ BEGIN INSERT INTO {table} (payload) VALUES (payload); END $$
 
 RAW_SINGLE = "raw single-row INSERT"
 RAW_IN_FUNCTION = "that INSERT in a function"
+RAW_SINGLE_JOBS = "that INSERT into a copy of _jobs"
+RAW_BULK = "raw INSERT ... SELECT"
+RAW_BULK_JOBS = "INSERT ... SELECT, copy of _jobs"
 
 
-def raw_single_inserts(dsn: str, n: int, in_function: bool = False) -> float:
+def raw_single_inserts(
+    dsn: str, n: int, in_function: bool = False, jobs_table: str | None = None
+) -> float:
     """Rows/s of one-row INSERTs on one connection, autocommit. With in_function,
     the same INSERT inside a PL/pgSQL function declared as SPEC.md 7 asks of every
     hopper function (SECURITY DEFINER, pinned search_path): what the call alone
-    costs, the ceiling of any add_job."""
+    costs, the ceiling of any add_job. With jobs_table, the row add_job writes, into
+    a copy of that table: what the table alone costs."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        fresh_raw_table(conn)
-        query = "INSERT INTO bench_raw (payload) VALUES (%s::jsonb)"
+        fresh_raw_table(conn, jobs_table)
+        columns, values = raw_row(jobs_table, "%s::jsonb")
+        query = f"INSERT INTO bench_raw {columns} VALUES ({values})"
         if in_function:
             schema = conn.execute("SELECT current_schema()").fetchone()[0]
             function = sql.Identifier(schema, "bench_raw_insert")
@@ -269,14 +290,16 @@ def raw_single_inserts(dsn: str, n: int, in_function: bool = False) -> float:
         return n / (time.perf_counter() - started)
 
 
-def raw_insert_select(dsn: str, n: int) -> float:
+def raw_insert_select(dsn: str, n: int, jobs_table: str | None = None) -> float:
+    """Rows/s of one INSERT ... SELECT of n rows; with jobs_table, of the rows a plain
+    add_jobs writes, into a copy of that table."""
+    columns, values = raw_row(jobs_table, "jsonb_build_object('n', i)")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        fresh_raw_table(conn)
+        fresh_raw_table(conn, jobs_table)
         checkpoint(conn)
         started = time.perf_counter()
         conn.execute(
-            "INSERT INTO bench_raw (payload) SELECT jsonb_build_object('n', i)"
-            " FROM generate_series(1, %s) AS i",
+            f"INSERT INTO bench_raw {columns} SELECT {values} FROM generate_series(1, %s) AS i",
             [n],
         )
         return n / (time.perf_counter() - started)
@@ -520,6 +543,11 @@ class Run:
         self.figures.append(figure)
         say(f"  {workload:<15} {system:<16} {variant:<34} {value:>12,.1f} {unit}")
 
+    def jobs_table(self) -> str:
+        """hopper's job table (installed if need be), for the ceilings copied from it."""
+        migrate(self.dsn, HOPPER_SCHEMA)
+        return f"{HOPPER_SCHEMA}._jobs"
+
     def systems(self) -> list[System]:
         graphile = self.graphile()
         return [self.hopper(), *([graphile] if graphile else [])]
@@ -530,6 +558,9 @@ class Run:
             ("postgresql", RAW_SINGLE, "rows/s"): lambda: raw_single_inserts(self.dsn, n),
             ("postgresql", RAW_IN_FUNCTION, "rows/s"): lambda: raw_single_inserts(
                 self.dsn, n, in_function=True
+            ),
+            ("postgresql", RAW_SINGLE_JOBS, "rows/s"): lambda: raw_single_inserts(
+                self.dsn, n, jobs_table=self.jobs_table()
             ),
         }
         for system in self.systems():
@@ -543,9 +574,10 @@ class Run:
     def enqueue_bulk(self) -> None:
         n = self.sizes.bulk
         measures: dict[Any, Callable[[], float]] = {
-            ("postgresql", "raw INSERT ... SELECT", "rows/s"): lambda: raw_insert_select(
-                self.dsn, n
-            )
+            ("postgresql", RAW_BULK, "rows/s"): lambda: raw_insert_select(self.dsn, n),
+            ("postgresql", RAW_BULK_JOBS, "rows/s"): lambda: raw_insert_select(
+                self.dsn, n, jobs_table=self.jobs_table()
+            ),
         }
         for system in self.systems():
             for batch in (n, 1000):
@@ -661,7 +693,9 @@ def ratios(figures: list[Figure], sizes: Sizes) -> list[dict[str, Any]]:
     for workload, variant, raw_variant in (
         ("enqueue-single", "1 producer(s)", RAW_SINGLE),
         ("enqueue-single", "1 producer(s)", RAW_IN_FUNCTION),
-        ("enqueue-bulk", one_call, "raw INSERT ... SELECT"),
+        ("enqueue-single", "1 producer(s)", RAW_SINGLE_JOBS),
+        ("enqueue-bulk", one_call, RAW_BULK),
+        ("enqueue-bulk", one_call, RAW_BULK_JOBS),
     ):
         hop = best(workload, "hopper", variant)
         raw = next((f.value for f in figures if f.variant == raw_variant), None)
@@ -669,10 +703,15 @@ def ratios(figures: list[Figure], sizes: Sizes) -> list[dict[str, Any]]:
             out.append({"workload": workload, "what": f"hopper / {raw_variant}",
                         "ratio": round(hop / raw, 2)})  # fmt: skip
     raw = {f.variant: f.value for f in figures if f.system == "postgresql"}
-    if raw.get(RAW_SINGLE) and raw.get(RAW_IN_FUNCTION):
-        # the most any add_job can reach, being a function (SPEC.md 7)
-        out.append({"workload": "enqueue-single", "what": f"{RAW_IN_FUNCTION} / {RAW_SINGLE}",
-                    "ratio": round(raw[RAW_IN_FUNCTION] / raw[RAW_SINGLE], 2)})  # fmt: skip
+    # what the function form (SPEC.md 7) and the job table alone cost against the raw rate
+    for workload, ceiling, bare in (
+        ("enqueue-single", RAW_IN_FUNCTION, RAW_SINGLE),
+        ("enqueue-single", RAW_SINGLE_JOBS, RAW_SINGLE),
+        ("enqueue-bulk", RAW_BULK_JOBS, RAW_BULK),
+    ):
+        if raw.get(ceiling) and raw.get(bare):
+            out.append({"workload": workload, "what": f"{ceiling} / {bare}",
+                        "ratio": round(raw[ceiling] / raw[bare], 2)})  # fmt: skip
     depth = {f.variant.split()[-1]: f.value for f in figures if f.workload == "depth"}
     for kind in ("pending", "finished"):
         if kind in depth and "jobs" in depth:
@@ -701,7 +740,7 @@ def print_report(report: dict[str, Any]) -> None:
     if report["ratios"]:
         print()
         for r in report["ratios"]:
-            print(f"{r['workload']:<15} {r['what']:<52} {r['ratio']:>6.2f}x")
+            print(f"{r['workload']:<15} {r['what']:<58} {r['ratio']:>6.2f}x")
     for note in report["notes"]:
         print(f"note: {note}")
 
