@@ -61,3 +61,21 @@ def test_a_serial_queue_runs_back_to_back_not_at_poll_speed(dsn, conn):
         done = "SELECT count(*) AS n FROM hopper.jobs WHERE state = 'completed'"
         took = wait_until(lambda: conn.execute(done).fetchone()["n"] == 20, 20, "20 completions")
         assert took < 1.0, took
+
+
+def test_a_full_worker_told_of_new_jobs_waits_without_spinning(dsn, conn):
+    """With notify = always a worker hears of every new job, also while all its slots
+    are busy. It must then wait for a slot to free, not wake again at once for ever."""
+    conn.execute("SELECT hopper.set_setting('notify', 'always')")
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=30)
+    with worker_in_thread(worker):
+        wait_for_listener(conn)
+        busy = add_job(conn, "slow_sync", {"seconds": 1.5})["id"]
+        wait_until(lambda: job(conn, busy)["state"] == "running", 10, "the slow job to start")
+        cpu_before, wall_before = time.process_time(), time.monotonic()
+        queued = add_job(conn, "echo", {})["id"]
+        wait_until(lambda: job(conn, busy)["state"] == "completed", 10, "the slow job")
+        cpu = time.process_time() - cpu_before
+        wall = time.monotonic() - wall_before
+        wait_until(lambda: job(conn, queued)["state"] == "completed", 5, "the queued job")
+    assert cpu < 0.3 * wall, f"the worker used {cpu:.2f} s of CPU in {wall:.2f} s while full"

@@ -188,6 +188,10 @@ class Worker:
                     self._start(job)
                 got_all = len(jobs) == free
                 idle_poll = FIRST_IDLE_POLL if jobs else idle_poll * 2
+            else:
+                # only a finishing job makes room, and it sets _wake: a notification
+                # heard meanwhile must not turn the wait below into a busy loop
+                self._wake.clear()
             if got_all and len(self._running) < self.concurrency:
                 continue
             with contextlib.suppress(TimeoutError):
