@@ -79,3 +79,18 @@ def test_a_full_worker_told_of_new_jobs_waits_without_spinning(dsn, conn):
         wall = time.monotonic() - wall_before
         wait_until(lambda: job(conn, queued)["state"] == "completed", 5, "the queued job")
     assert cpu < 0.3 * wall, f"the worker used {cpu:.2f} s of CPU in {wall:.2f} s while full"
+
+
+def test_a_stray_cancel_notification_does_not_stop_the_listener(dsn, conn):
+    """Any role may NOTIFY any channel: a payload that is not a job id is ignored,
+    and the listener still hands on cancellations (the heartbeat, every 5 s, would
+    only pick them up later)."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=30)
+    with worker_in_thread(worker):
+        wait_for_listener(conn)
+        conn.execute("NOTIFY hopper_cancel, 'not a job id'")
+        busy = add_job(conn, "slow_sync", {"seconds": 30})["id"]
+        wait_until(lambda: job(conn, busy)["state"] == "running", 10, "the slow job to start")
+        conn.execute("SELECT count(*) FROM hopper.cancel_jobs(%s, 'user asked')", [[busy]])
+        took = wait_until(lambda: job(conn, busy)["state"] == "cancelled", 10, "the cancellation")
+    assert took < 2.0, took

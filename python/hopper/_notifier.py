@@ -37,7 +37,9 @@ async def listen(
                 wake.set()  # jobs may have arrived while we were not listening
                 async for notification in conn.notifies():
                     if notification.channel == cancel_channel:
-                        on_cancel(int(notification.payload))
+                        job_id = _job_id(notification.payload)
+                        if job_id is not None:
+                            on_cancel(job_id)
                     elif notification.payload == "schedules":
                         if schedules_changed is not None:
                             schedules_changed.set()
@@ -47,3 +49,13 @@ async def listen(
             logger.warning("listener lost its connection (%s); reconnecting in %.1fs", error, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+def _job_id(payload: str) -> int | None:
+    """The job id of a cancellation request. Any role may NOTIFY any channel, so
+    anything else is logged and ignored: raising here would end the listener."""
+    try:
+        return int(payload)
+    except ValueError:
+        logger.warning("ignored a cancellation notification that names no job: %r", payload[:100])
+        return None
