@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 import worker_tasks
@@ -9,6 +11,7 @@ from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call, job
 
 import hopper
+from hopper._tasks import Completed
 
 
 def test_sync_and_async_handlers_store_results(dsn, conn):
@@ -116,3 +119,53 @@ def test_a_refused_completion_is_logged_and_changes_nothing(dsn, conn, caplog, m
     assert f"completion refused, jobs no longer held: [{target}]" in caplog.text
     unlocked = job(conn, target)
     assert (unlocked["state"], unlocked["result"], unlocked["locked_by"]) == ("failed", None, None)
+
+
+def test_results_that_jsonb_cannot_hold_fail_their_jobs_and_the_rest_completes(dsn, conn):
+    """JSON has no NaN and jsonb no \\u0000: such a result fails its job for good
+    instead of stopping every report of the worker."""
+    nan = add_job(conn, "nan_result")["id"]
+    nul = add_job(conn, "nul_result")["id"]
+    fine = add_job(conn, "echo", {"n": 1})["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 3
+    assert (job(conn, nan)["state"], job(conn, nan)["last_error"]) == (
+        "failed",
+        "result is not JSON serialisable: Out of range float values are not JSON compliant",
+    )
+    assert (job(conn, nul)["state"], job(conn, nul)["last_error"]) == (
+        "failed", "result is not storable: jsonb cannot hold the character U+0000"
+    )  # fmt: skip
+    assert job(conn, fine)["state"] == "completed"
+
+
+def test_an_error_message_with_a_nul_character_is_stored_with_it_escaped(dsn, conn):
+    target = add_job(conn, "nul_error")["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 1
+    failed = job(conn, target)
+    assert (failed["state"], failed["last_error"]) == ("scheduled", "ValueError: bad\\x00byte")
+
+
+def test_an_outcome_the_database_refuses_fails_its_job_and_the_rest_is_reported(dsn, conn):
+    """Whatever the database refuses in a report (here a result that is not JSON),
+    the reporter goes on: the other outcomes are stored and the job fails for good."""
+    refused = add_job(conn, "echo", {})["id"]
+    fine = add_job(conn, "echo", {})["id"]
+    worker = hopper.Worker(dsn, worker_tasks.tasks, worker_id="reporter-1")
+
+    async def claim_then_report() -> None:
+        await worker.db.open()
+        try:
+            await worker.db.register(worker.worker_id, {})
+            assert len(await worker.db.claim(worker.worker_id, ["echo"], 2)) == 2
+            worker._outcomes = [Completed(refused, "not json"), Completed(fine, "1")]
+            await worker._report_all()
+        finally:
+            await worker.db.close()
+
+    asyncio.run(claim_then_report())
+    failed = job(conn, refused)
+    assert failed["state"] == "failed"
+    assert failed["last_error"].startswith(
+        "the worker could not report this job's outcome: invalid input syntax for type json"
+    )
+    assert (job(conn, fine)["state"], job(conn, fine)["result"]) == ("completed", 1)

@@ -145,3 +145,18 @@ def lose_myself(payload: dict, job: hopper.JobContext) -> str:
     with psycopg.connect(os.environ["HOPPER_TEST_DSN"], autocommit=True) as conn:
         conn.execute("SELECT hopper.force_unlock_workers(ARRAY[%s])", [job.worker_id])
     return "finished anyway"
+
+
+@tasks.task("nan_result")
+def nan_result(payload: dict) -> dict:
+    return {"ratio": float("nan")}
+
+
+@tasks.task("nul_result")
+def nul_result(payload: dict) -> str:
+    return "before\x00after"
+
+
+@tasks.task("nul_error")
+def nul_error(payload: dict) -> None:
+    raise ValueError("bad\x00byte")

@@ -145,7 +145,8 @@ class Database:
             [
                 worker_id,
                 [o.job_id for o in outcomes],
-                [o.message for o in outcomes],
+                # PostgreSQL's text cannot hold U+0000; the message is for people
+                [o.message.replace("\x00", "\\x00") for o in outcomes],
                 replacements,
                 permanent,
             ],
@@ -193,7 +194,7 @@ class JobTransaction:
     def __init__(self, db: Database, context: JobContext, result: Any) -> None:
         self.db = db
         self.context = context
-        self.result = json.dumps(result)
+        self.result = json.dumps(result, allow_nan=False)
         self._async: Any = None
         self._sync: Any = None
 

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import threading
 import typing
 from collections.abc import Callable
@@ -262,6 +263,10 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+# \u0000 as json.dumps writes the character U+0000: not after an escaped backslash
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _outcome_of_result(job: Job, result: Any) -> Report:
     if (
         isinstance(job.payload, list)
@@ -275,9 +280,13 @@ def _outcome_of_result(job: Job, result: Any) -> Report:
     if isinstance(result, pydantic.BaseModel):
         result = result.model_dump(mode="json")
     try:
-        return Completed(job.id, json.dumps(result))
+        text = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as error:
         return Failed(job.id, f"result is not JSON serialisable: {error}", permanent=True)
+    if _ESCAPED_NUL.search(text):
+        message = "result is not storable: jsonb cannot hold the character U+0000"
+        return Failed(job.id, message, permanent=True)
+    return Completed(job.id, text)
 
 
 def _batch_outcome(job: Job, results: list[Any]) -> Failed:

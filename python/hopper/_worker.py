@@ -377,6 +377,32 @@ class Worker:
                     logger.error("giving up reporting %s outcomes: %s", len(outcomes), error)
                     return
                 await self._sleep_after_failure("reporting outcomes", error, failures)
+            except psycopg.Error as error:
+                # the same batch would be refused again, and a reporter that gave up
+                # would leave every later job of this worker running
+                logger.error("the database refused %s outcomes (%s); sending each alone",
+                             len(outcomes), error)  # fmt: skip
+                self._outcomes = await self._send_each(outcomes) + self._outcomes
+
+    async def _send_each(self, outcomes: list[Report]) -> list[Report]:
+        """Sends each outcome alone, failing for good the job of one the database
+        refuses; returns those to send again (the connection failed)."""
+        unsent: list[Report] = []
+        for outcome in outcomes:
+            try:
+                await self._send([outcome], {})
+            except psycopg.OperationalError:
+                unsent.append(outcome)
+            except psycopg.Error as error:
+                logger.error("job %s: its outcome was refused (%s)", outcome.job_id, error)
+                message = f"the worker could not report this job's outcome: {error}"
+                try:
+                    await self._send([Failed(outcome.job_id, message, permanent=True)], {})
+                except psycopg.OperationalError:
+                    unsent.append(outcome)
+                except psycopg.Error as again:
+                    logger.error("job %s: failing it was refused too (%s)", outcome.job_id, again)
+        return unsent
 
     async def _send(self, outcomes: list[Report], progress: dict[int, int]) -> None:
         """Sends progress, completions and failures; Settled jobs need nothing."""
