@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -162,3 +163,25 @@ def test_a_worker_role_without_next_schedule_firing_enqueues_at_its_interval(dsn
                 10, "the firing's job to run",
             )  # fmt: skip
     assert "may not call next_schedule_firing" in caplog.text
+
+
+def test_a_worker_whose_heartbeat_fails_for_good_stops_and_says_why(dsn, roles, caplog):
+    """A helper loop that dies would leave the worker running jobs without heartbeats,
+    so that others rescue them while they run. Here the role loses heartbeat: the
+    worker stops and run() raises the error."""
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    worker = hopper.Worker(
+        make_conninfo(dsn, user=worker_role), worker_tasks.tasks,
+        heartbeat_interval=0.2, stale_after=5, grace_period=1,
+    )  # fmt: skip
+    caplog.set_level(logging.ERROR, logger="hopper")
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute(f"REVOKE EXECUTE ON FUNCTION hopper.heartbeat FROM {worker_role}")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="heartbeat"):
+        asyncio.run(asyncio.wait_for(worker.run(), 20))
+    assert "the worker's heartbeat failed; stopping" in caplog.text
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        retired = owner.execute(
+            "SELECT retired_at IS NOT NULL FROM hopper._workers WHERE id = %s", [worker.worker_id]
+        ).fetchone()
+    assert retired == (True,)  # it unregistered on its way out

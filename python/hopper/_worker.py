@@ -100,6 +100,7 @@ class Worker:
         self._reported = asyncio.Event()
         self._stopping = False
         self._stop_now = False
+        self._helper_error: BaseException | None = None
 
     # --- control --------------------------------------------------------------
 
@@ -114,9 +115,9 @@ class Worker:
         await self.db.open()
         await self._register()
         helpers = [
-            asyncio.create_task(self._report_forever()),
-            asyncio.create_task(self._heartbeat_forever()),
-            asyncio.create_task(self._enqueue_schedules_forever()),
+            asyncio.create_task(self._report_forever(), name="reporting"),
+            asyncio.create_task(self._heartbeat_forever(), name="heartbeat"),
+            asyncio.create_task(self._enqueue_schedules_forever(), name="schedules"),
         ]
         if self.listen and self.db.dsn:
             helpers.append(
@@ -127,9 +128,12 @@ class Worker:
                         self._wake,
                         self._cancel_requested,
                         self._schedules_changed,
-                    )
+                    ),
+                    name="listener",
                 )
             )
+        for helper in helpers:
+            helper.add_done_callback(self._helper_ended)
         logger.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
         try:
             await self._claim_until_stopped()
@@ -142,6 +146,20 @@ class Worker:
             await self._unregister()
             await self.db.close()
             logger.info("worker %s stopped", self.worker_id)
+        if self._helper_error is not None:
+            raise self._helper_error
+
+    def _helper_ended(self, helper: asyncio.Task[None]) -> None:
+        """Helpers end by being cancelled at shutdown (the schedules one also when its
+        role may not enqueue). One that failed leaves this worker without its
+        heartbeats, reports or listener, so it stops the worker, whose run() raises
+        the error once running jobs had their grace period."""
+        if helper.cancelled() or helper.exception() is None:
+            return
+        error = helper.exception()
+        logger.error("the worker's %s failed; stopping", helper.get_name(), exc_info=error)
+        self._helper_error = self._helper_error or error
+        self.stop()
 
     async def run_once(self) -> int:
         """Enqueue what the schedules owe, then run every job due now (for tests and
@@ -291,10 +309,11 @@ class Worker:
             self._schedules_changed.clear()
             if not await self._enqueue_schedules():
                 return
+            # the timeout first: a cancellation while it is read must not leave
+            # an Event.wait() coroutine that was never awaited
+            timeout = await self._until_next_firing()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._schedules_changed.wait(), await self._until_next_firing()
-                )
+                await asyncio.wait_for(self._schedules_changed.wait(), timeout)
 
     async def _until_next_firing(self) -> float:
         if not self._firings_readable:
