@@ -169,3 +169,28 @@ def test_an_outcome_the_database_refuses_fails_its_job_and_the_rest_is_reported(
         "the worker could not report this job's outcome: invalid input syntax for type json"
     )
     assert (job(conn, fine)["state"], job(conn, fine)["result"]) == ("completed", 1)
+
+
+def test_a_handlers_own_timeout_error_is_an_ordinary_failure(dsn, conn):
+    """Only the task's timeout reads as 'timeout after ...'; a TimeoutError the
+    handler raises itself fails the job with its message, with or without one."""
+    bare = add_job(conn, "own_timeout")["id"]
+    within = add_job(conn, "own_timeout_within")["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 2
+    for target in (bare, within):
+        failed = job(conn, target)
+        assert (failed["state"], failed["last_error"]) == (
+            "scheduled", "TimeoutError: upstream took too long"
+        )  # fmt: skip
+
+
+def test_a_pydantic_result_that_cannot_be_serialised_fails_its_job(dsn, conn):
+    target = add_job(conn, "opaque_result")["id"]
+    fine = add_job(conn, "echo", {})["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 2
+    failed = job(conn, target)
+    assert failed["state"] == "failed"
+    assert failed["last_error"] == (
+        "result is not JSON serialisable: Unable to serialize unknown type: <class 'object'>"
+    )
+    assert job(conn, fine)["state"] == "completed"

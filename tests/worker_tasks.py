@@ -160,3 +160,24 @@ def nul_result(payload: dict) -> str:
 @tasks.task("nul_error")
 def nul_error(payload: dict) -> None:
     raise ValueError("bad\x00byte")
+
+
+@tasks.task("own_timeout")
+async def own_timeout(payload: dict) -> None:
+    """A handler whose own wait times out (an HTTP call, say), with no task timeout."""
+    raise TimeoutError("upstream took too long")
+
+
+@tasks.task("own_timeout_within", timeout="5s")
+def own_timeout_within(payload: dict) -> None:
+    raise TimeoutError("upstream took too long")
+
+
+class Opaque(BaseModel):
+    model_config = {"arbitrary_types_allowed": True}
+    handle: object
+
+
+@tasks.task("opaque_result")
+def opaque_result(payload: dict) -> Opaque:
+    return Opaque(handle=object())

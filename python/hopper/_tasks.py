@@ -223,26 +223,30 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
         return Failed(job.id, _validation_message(error), permanent=True)
     arguments = (payload, context) if task.takes_context else (payload,)
     timeout = job.timeout or task.timeout
+    deadline = asyncio.timeout(None if timeout is None else timeout.total_seconds())
     try:
-        if task.is_async:
-            call = task.handler(*arguments)
-        else:
-            call = run_in_daemon_thread(lambda: task.handler(*arguments))
-        if timeout is not None:
-            result = await asyncio.wait_for(call, timeout.total_seconds())
-        else:
-            result = await call
-    except TimeoutError:
+        async with deadline:
+            if task.is_async:
+                result = await task.handler(*arguments)
+            else:
+                result = await run_in_daemon_thread(lambda: task.handler(*arguments))
+    except TimeoutError as error:
+        if timeout is None or not deadline.expired():
+            return _failure(context, job, error)  # the handler's own, an HTTP call's say
         context.cancelled.set()
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
     except PermanentFailure as error:
         return Failed(job.id, _error_text(error), permanent=True)
     except Exception as error:
-        context.logger.warning("job failed: %s", _error_text(error))
-        return Failed(job.id, _error_text(error))
+        return _failure(context, job, error)
     if context.completed_in_transaction:
         return Settled(job.id)
     return _outcome_of_result(job, result)
+
+
+def _failure(context: JobContext, job: Job, error: Exception) -> Failed:
+    context.logger.warning("job failed: %s", _error_text(error))
+    return Failed(job.id, _error_text(error))
 
 
 def interval_text(duration: timedelta) -> str:
@@ -277,11 +281,11 @@ def _outcome_of_result(job: Job, result: Any) -> Report:
         return _batch_outcome(job, result)
     if result is None:
         return Completed(job.id, None)
-    if isinstance(result, pydantic.BaseModel):
-        result = result.model_dump(mode="json")
     try:
+        if isinstance(result, pydantic.BaseModel):
+            result = result.model_dump(mode="json")
         text = json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError) as error:  # PydanticSerializationError is a ValueError
         return Failed(job.id, f"result is not JSON serialisable: {error}", permanent=True)
     if _ESCAPED_NUL.search(text):
         message = "result is not storable: jsonb cannot hold the character U+0000"

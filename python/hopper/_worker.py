@@ -246,6 +246,10 @@ class Worker:
             if running is None or not running.cancel_requested:
                 raise  # shutdown or lost identity: the job is released or rescued
             outcome = Failed(job.id, CANCELLED_BY_REQUEST)
+        except Exception as error:
+            # a fault of hopper's own: the job must still end, and its slot free up
+            context.logger.exception("running the job failed")
+            outcome = Failed(job.id, f"the worker failed running this job: {error!r}")
         if self._running.pop(job.id, None) is not None:
             self._outcomes.append(outcome)
             self._reported.set()
