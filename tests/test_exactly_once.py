@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import psycopg
 import pytest
 import worker_tasks
 from sqlcalls import add_job, job
+from workerprocs import wait_for_listener, wait_until, worker_in_thread
 
 import hopper
 
@@ -71,3 +73,23 @@ def test_a_job_transaction_keeps_the_session_time_zone(dsn, conn):
     finished = job(conn, added["id"])
     assert finished["state"] == "completed"
     assert datetime.fromisoformat(finished["result"]["run_at"]) == added["run_at"]
+
+
+def test_handlers_in_long_job_transactions_do_not_starve_the_worker(dsn, conn):
+    """Job transactions must not take the connections the worker claims, reports and
+    heartbeats on: with four handlers in 3 s transactions, a quick job still runs at
+    once."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=8, poll_interval=30)
+    with worker_in_thread(worker):
+        wait_for_listener(conn)
+        holders = [add_job(conn, "hold_transaction", {"seconds": 3})["id"] for _ in range(4)]
+        wait_until(
+            lambda: all(job(conn, h)["state"] == "running" for h in holders), 10, "the holders"
+        )
+        time.sleep(0.3)  # into their transactions
+        quick = add_job(conn, "echo", {})["id"]
+        took = wait_until(lambda: job(conn, quick)["state"] == "completed", 10, "the quick job")
+        wait_until(
+            lambda: all(job(conn, h)["state"] == "completed" for h in holders), 10, "the holders"
+        )
+    assert took < 1.5, took

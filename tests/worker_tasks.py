@@ -181,3 +181,10 @@ class Opaque(BaseModel):
 @tasks.task("opaque_result")
 def opaque_result(payload: dict) -> Opaque:
     return Opaque(handle=object())
+
+
+@tasks.task("hold_transaction")
+async def hold_transaction(payload: dict, job: hopper.JobContext) -> None:
+    """Holds its job transaction open for a while, as a slow handler's work would."""
+    async with job.transaction() as conn:
+        await conn.execute("SELECT pg_sleep(%s)", [payload["seconds"]])

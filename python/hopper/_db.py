@@ -49,14 +49,16 @@ class Database:
         target: str | psycopg.Connection | psycopg.AsyncConnection,
         schema: str = "hopper",
         pool_size: int = 4,
+        job_pool_size: int = 4,
     ) -> None:
         self.schema = schema
         self.dsn: str | None = target if isinstance(target, str) else None
         self._pool: AsyncConnectionPool | None = None
+        self._job_pool: AsyncConnectionPool | None = None
+        self._job_pool_size = job_pool_size
         self._conn = None if isinstance(target, str) else target
         self._lock = asyncio.Lock()
         self._pool_size = pool_size
-        self.time_zone = "UTC"
         if not isinstance(target, str) and not target.autocommit:
             raise ValueError("a connection given to the worker must be in autocommit mode")
 
@@ -74,11 +76,26 @@ class Database:
 
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
         """The worker's own statements run in UTC: psycopg parses UTC timestamps in
-        half the time (a claimed job has five). A job transaction gets the session's
-        time zone back (see JobTransaction)."""
+        half the time (a claimed job has five). Job transactions have their own
+        connections, in the time zone the database gives its sessions."""
         set_json_loads(_loads, conn)
-        self.time_zone = (await (await conn.execute("SHOW TimeZone")).fetchone())[0]
         await conn.execute("SET TimeZone = 'UTC'")
+
+    async def job_pool(self) -> AsyncConnectionPool:
+        """The connections of handlers' job transactions, opened on first use. They
+        are not the worker's own: handlers holding transactions open must never keep
+        it from claiming, reporting and heartbeating (or it would look dead)."""
+        assert self.dsn is not None
+        if self._job_pool is None:
+            self._job_pool = AsyncConnectionPool(
+                self.dsn,
+                min_size=0,
+                max_size=self._job_pool_size,
+                kwargs={"autocommit": True, "application_name": "hopper-job"},
+                open=False,
+            )
+        await self._job_pool.open()  # a no-op once open
+        return self._job_pool
 
     def job_transaction(self, context: JobContext, result: Any) -> JobTransaction:
         if self.dsn is None:
@@ -86,9 +103,10 @@ class Database:
         return JobTransaction(self, context, result)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._job_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._job_pool = None
 
     def call(self, function: str, arguments: str, columns: str = "*") -> sql.Composed:
         return sql.SQL("SELECT " + columns + " FROM {}.{}(" + arguments + ")").format(
@@ -208,13 +226,9 @@ class JobTransaction:
         self.context.completed_in_transaction = True
 
     async def __aenter__(self) -> psycopg.AsyncConnection:
-        assert self.db._pool is not None
-        self._async = self.db._pool.connection()
+        self._async = (await self.db.job_pool()).connection()
         conn = await self._async.__aenter__()
-        # the handler's statements see the time zone its connections would have
-        await conn.execute(
-            sql.SQL("BEGIN; SET LOCAL TimeZone = {}").format(sql.Literal(self.db.time_zone))
-        )
+        await conn.execute("BEGIN")
         self._conn = conn
         return conn
 
