@@ -758,3 +758,23 @@ def test_producers_and_workers_racing_leave_no_job_waiting(conn, connect):
             assert final[blocker]["state"] in ("failed", "cancelled")
         if row["state"] == "completed" and row["depends_on"]:
             assert all(final[p]["state"] == "completed" for p in row["depends_on"])
+
+
+def test_a_replace_that_cancels_a_job_cancels_the_jobs_of_other_calls_waiting_on_it(conn):
+    """A keyed job that other jobs wait on is replaced with a prerequisite that has
+    failed, so the replace ends it cancelled: its dependents end with it, and a
+    barrier that waited on its tags alone is released."""
+    failed = add_job(conn, "f")["id"]
+    call(conn, "permanently_fail_jobs", [failed])
+    blocker = add_job(conn, "a")["id"]
+    keyed = add_job(conn, "b", job_key="k", depends_on=[blocker], tags=["batch-7"])["id"]
+    dependent = add_job(conn, "c", depends_on=[keyed])["id"]
+    barrier = add_job(conn, "d", depends_on_tags=["batch-7"])["id"]
+    replaced = add_job(conn, "b", job_key="k", depends_on=[failed], tags=["batch-7"])
+    assert (replaced["id"], replaced["state"], replaced["outcome"]) == (
+        keyed, "cancelled", "updated"
+    )  # fmt: skip
+    assert (state(conn, dependent), job(conn, dependent)["last_error"]) == (
+        "cancelled", f"prerequisite job {keyed} cancelled"
+    )  # fmt: skip
+    assert state(conn, barrier) == "pending"

@@ -251,9 +251,10 @@ DECLARE
 BEGIN
     LOOP
         -- an ended job's edges are spent whatever becomes of its dependents
+        -- (within: those to the jobs settled here; see _hold_dependents)
         WITH spent AS (
             DELETE FROM hopper._job_dependencies AS d
-            WHERE d.prerequisite_id = any(ended_ids)
+            WHERE d.prerequisite_id = any(ended_ids) AND (within IS NULL OR d.job_id = any(within))
             RETURNING d.job_id
         )
 
@@ -816,6 +817,18 @@ BEGIN
         ));
     END IF;
     PERFORM hopper._hold_waiting(fn, specs, held, name_index);
+    IF 'updated' = any(outcomes) THEN
+        -- _hold_waiting settles only this call's jobs, but a replaced job had
+        -- been active for other calls too: if it ended here, theirs that wait
+        -- on it (by id or by its tags) are settled as at any job's end
+        PERFORM hopper._settle_dependents_of(ARRAY(
+            SELECT j FROM hopper._jobs AS j
+            WHERE j.state = 'cancelled' AND j.id = any(ARRAY(
+                SELECT x.id FROM unnest(ids, outcomes) AS x (id, outcome)
+                WHERE x.outcome = 'updated'
+            ))
+        ));
+    END IF;
 END
 $$;
 
