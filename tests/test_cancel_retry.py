@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
+import psycopg
 from sqlcalls import add_job, call, call_one, claim, job
+from workerprocs import wait_until
 
 
 def test_cancel_unlocked_jobs_at_once_with_reason(conn):
@@ -57,3 +61,44 @@ def test_retry_skips_job_whose_key_is_taken(conn):
     call(conn, "permanently_fail_jobs", [old])
     add_job(conn, "t", job_key="k")
     assert call(conn, "retry_jobs", [old]) == []
+
+
+def test_retry_racing_a_new_job_of_the_same_key_skips_the_job(conn, connect):
+    """A job of the same key added meanwhile (not committed when the retry looked)
+    takes the key: the retry leaves the failed job alone instead of raising a
+    unique violation, as it does when that job was there before."""
+    old = add_job(conn, "t", job_key="k", max_attempts=1)["id"]
+    call(conn, "permanently_fail_jobs", [old])
+    producer, admin = connect(), connect()
+    producer.execute("BEGIN")
+    newer = add_job(producer, "t", job_key="k")["id"]
+    outcome: dict = {}
+
+    def retry() -> None:
+        try:
+            outcome["retried"] = call(admin, "retry_jobs", [old])
+        except psycopg.Error as error:
+            outcome["error"] = f"{type(error).__name__}: {error.diag.message_primary}"
+
+    retrying = threading.Thread(target=retry)
+    retrying.start()
+    wait_until(
+        lambda: conn.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+            [admin.info.backend_pid],
+        ).fetchone()["wait_event_type"] == "Lock",
+        5, "the retry to wait for the new job's key",
+    )  # fmt: skip
+    producer.execute("COMMIT")
+    retrying.join(10)
+    assert outcome == {"retried": []}
+    assert (job(conn, old)["state"], job(conn, newer)["state"]) == ("failed", "pending")
+
+
+def test_retrying_two_failed_jobs_of_one_key_retries_the_newest(conn):
+    first = add_job(conn, "t", job_key="k", max_attempts=1)["id"]
+    call(conn, "permanently_fail_jobs", [first])
+    second = add_job(conn, "t", job_key="k", max_attempts=1)["id"]
+    call(conn, "permanently_fail_jobs", [second])
+    assert [j["id"] for j in call(conn, "retry_jobs", [first, second])] == [second]
+    assert (job(conn, first)["state"], job(conn, second)["state"]) == ("failed", "pending")

@@ -70,31 +70,52 @@ BEGIN
             WHERE j.id = any(job_ids) AND j.state IN ('failed', 'cancelled')
         )
     );
-    WITH retried AS (
-        UPDATE hopper._jobs AS j SET
-            state = CASE
-                WHEN j.depends_on IS NOT NULL OR j.depends_on_tags IS NOT NULL THEN 'waiting'
-                ELSE 'pending'
-            END,
-            run_at = now(),
-            attempts = 0,
-            finished_at = NULL,
-            cancel_requested = false,
-            revision = j.revision + 1,
-            updated_at = now()
-        WHERE
-            j.id = any(job_ids) AND j.state IN ('failed', 'cancelled')
-            AND NOT EXISTS (
-                SELECT FROM hopper._jobs AS holder
-                WHERE holder.key = j.key AND holder.id <> j.id
-                    AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+    FOR attempt IN 1..3 LOOP
+        BEGIN
+            WITH retried AS (
+                UPDATE hopper._jobs AS j SET
+                    state = CASE
+                        WHEN j.depends_on IS NOT NULL OR j.depends_on_tags IS NOT NULL
+                            THEN 'waiting'
+                        ELSE 'pending'
+                    END,
+                    run_at = now(),
+                    attempts = 0,
+                    finished_at = NULL,
+                    cancel_requested = false,
+                    revision = j.revision + 1,
+                    updated_at = now()
+                WHERE
+                    j.id = any(job_ids) AND j.state IN ('failed', 'cancelled')
+                    AND NOT EXISTS (
+                        SELECT FROM hopper._jobs AS holder
+                        WHERE holder.key = j.key AND holder.id <> j.id
+                            AND holder.state IN ('waiting', 'scheduled', 'pending', 'running')
+                    )
+                    -- of the call's jobs of one key, the newest takes it
+                    AND NOT EXISTS (
+                        SELECT FROM hopper._jobs AS twin
+                        WHERE twin.key = j.key AND twin.id > j.id AND twin.id = any(job_ids)
+                            AND twin.state IN ('failed', 'cancelled')
+                    )
+                RETURNING j.id, j.state
             )
-        RETURNING j.id, j.state
-    )
 
-    SELECT array_agg(r.id), array_agg(r.id ORDER BY r.id) FILTER (WHERE r.state = 'waiting')
-    INTO retried_ids, held
-    FROM retried AS r;
+            SELECT
+                array_agg(r.id),
+                array_agg(r.id ORDER BY r.id) FILTER (WHERE r.state = 'waiting')
+            INTO retried_ids, held
+            FROM retried AS r;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            -- a job of the same key became active since the test above read, and
+            -- has committed (the index waited for it): the next try leaves ours
+            IF attempt = 3 THEN
+                PERFORM hopper._raise('retry_jobs', '40001',
+                    'the job keys of these jobs kept changing under us, try again');
+            END IF;
+        END;
+    END LOOP;
     IF held IS NOT NULL THEN
         cyclic := hopper._cycle_origin(held, held);
         IF cyclic IS NOT NULL THEN
