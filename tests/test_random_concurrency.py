@@ -5,6 +5,7 @@ a replace that stranded another call's dependents (see test_dependencies)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -14,7 +15,8 @@ from collections.abc import Callable
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-SECONDS = 6
+# longer runs hunt better: HOPPER_RANDOM_SECONDS=60 pytest tests/test_random_concurrency.py
+SECONDS = float(os.environ.get("HOPPER_RANDOM_SECONDS", "6"))
 APP = "hopper-random-test"
 ACTIVE = "('waiting', 'scheduled', 'pending', 'running')"
 # what the calls may refuse under this load: deadlocks, cycles, unknown or
@@ -132,9 +134,26 @@ ADMIN_CALLS = [
 ]
 
 
+WORKER_CALLS = [
+    "SELECT count(*) FROM hopper.force_unlock_workers(ARRAY[%s])",
+    "SELECT hopper.unregister_worker(%s)",
+]
+
+
 def administer(conn: psycopg.Connection, rng: random.Random) -> None:
-    if rng.random() < 0.2:
+    choice = rng.random()
+    if choice < 0.15:
         conn.execute("SELECT count(*) FROM hopper.rescue_stale_jobs('0.2 seconds')")
+    elif choice < 0.25:
+        worker = conn.execute("SELECT id FROM hopper._workers ORDER BY random() LIMIT 1").fetchone()
+        if worker is not None:
+            conn.execute(rng.choice(WORKER_CALLS), [worker[0]])
+    elif choice < 0.3:
+        conn.execute("SELECT count(*) FROM hopper.remove_job(%s)", [f"k{rng.randrange(20)}"])
+    elif choice < 0.35:
+        conn.execute("SELECT hopper.set_queue('qa', paused => %s)", [rng.random() < 0.5])
+    elif choice < 0.38:
+        conn.execute("SELECT hopper.prune('0 seconds')")
     else:
         conn.execute(rng.choice(ADMIN_CALLS), [some_ids(conn, 3)])
     time.sleep(0.01)
