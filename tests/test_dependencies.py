@@ -778,3 +778,41 @@ def test_a_replace_that_cancels_a_job_cancels_the_jobs_of_other_calls_waiting_on
         "cancelled", f"prerequisite job {keyed} cancelled"
     )  # fmt: skip
     assert state(conn, barrier) == "pending"
+
+
+def test_a_replace_that_deadlocks_with_its_prerequisites_end_is_applied_again(conn, connect):
+    """A keyed job k waits on p. A replace of k locks k, then waits for p, which a
+    completion holds; the completion's cascade then wants k: a deadlock, which the
+    replace (waiting first) detects. It undoes its own part and applies again once
+    the completion has committed, instead of failing with 40P01."""
+    prerequisite = add_job(conn, "p")["id"]
+    keyed = add_job(conn, "k", job_key="k", depends_on=[prerequisite])["id"]
+    call(conn, "register_worker", "w1")
+    claim(conn, "w1", task_identifiers=["p"])
+    completer, producer = connect(), connect()
+    for session in (completer, producer):
+        session.execute("SET deadlock_timeout = '50ms'")
+    deadlocks_before = deadlocks(conn, completer, producer)
+    outcome: dict = {}
+
+    def replace() -> None:
+        try:
+            outcome["job"] = add_job(
+                producer, "k", {"v": 2}, job_key="k", depends_on=[prerequisite]
+            )
+        except psycopg.Error as error:
+            outcome["error"] = f"{type(error).__name__}: {error.diag.message_primary}"
+
+    completer.execute("BEGIN")
+    completer.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [prerequisite])
+    replacing = threading.Thread(target=replace)
+    replacing.start()
+    wait_until_blocked(conn, producer)  # holds k, waits for p
+    call(completer, "complete_job", "w1", prerequisite)  # its cascade wants k
+    completer.execute("COMMIT")
+    replacing.join(10)
+    assert "error" not in outcome, outcome
+    assert (outcome["job"]["id"], outcome["job"]["outcome"]) == (keyed, "updated")
+    assert (state(conn, prerequisite), state(conn, keyed)) == ("completed", "pending")
+    assert job(conn, keyed)["payload"] == {"v": 2}
+    assert deadlocks(conn, completer, producer) > deadlocks_before

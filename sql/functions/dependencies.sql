@@ -667,8 +667,23 @@ BEGIN
         FROM hopper._spec_barrier_tags(specs) AS l;
     END IF;
     IF any_keyed THEN
-        SELECT a.ids, a.outcomes INTO ids, outcomes FROM hopper._apply_specs(specs) AS a;
-        PERFORM hopper._hold_dependents(fn, specs, ids, outcomes, name_index);
+        FOR attempt IN 1..3 LOOP
+            BEGIN
+                SELECT a.ids, a.outcomes INTO ids, outcomes FROM hopper._apply_specs(specs) AS a;
+                PERFORM hopper._hold_dependents(fn, specs, ids, outcomes, name_index);
+                EXIT;
+            EXCEPTION WHEN deadlock_detected THEN
+                -- a replaced job is locked from its replace on, so waiting for
+                -- its prerequisites can deadlock with their end, whose cascade
+                -- wants it: undoing the call's part lets that end go on, and
+                -- the call is applied again behind it (locks taken before the
+                -- call would only deadlock again, so the third is raised)
+                IF attempt = 3 THEN
+                    RAISE;
+                END IF;
+                PERFORM pg_sleep(0.05 * attempt);
+            END;
+        END LOOP;
         IF any_tagged_waiting THEN
             PERFORM hopper._check_barrier_cycles(fn, specs, ARRAY(
                 SELECT CASE WHEN x.outcome <> 'deduped' THEN x.id END
