@@ -79,6 +79,8 @@ def produce(conn: psycopg.Connection, rng: random.Random) -> None:
         options["depends_on_tags"] = [rng.choice(["t1", "t2", "t3"])]
     if rng.random() < 0.15:
         options["depends_on"] = some_ids(conn, 2) or None
+    if rng.random() < 0.1:
+        options["timeout"] = "0.1 seconds"  # rescued as timed out if held longer
     named = "".join(f", {name} => %s" for name in options)
     conn.execute(f"SELECT hopper.add_job('t', '{{}}'{named})", list(options.values()))
 
@@ -111,6 +113,9 @@ def work(conn: psycopg.Connection, rng: random.Random) -> None:
         if not ids:
             time.sleep(0.005)
             continue
+        if rng.random() < 0.3:
+            conn.execute("SELECT count(*) FROM hopper.heartbeat(%s)", [worker])
+            conn.execute("SELECT hopper.set_progress(%s, %s, 50)", [worker, ids[0]])
         choice = rng.random()
         if choice < 0.55:
             conn.execute("SELECT hopper.complete_claimed_job_ids(%s, %s, NULL)", [worker, ids])
@@ -221,4 +226,9 @@ def test_a_random_concurrent_mix_keeps_the_invariants(dsn, conn):
     assert rows(f"""
         SELECT key FROM hopper._jobs WHERE key IS NOT NULL AND state IN {ACTIVE}
         GROUP BY key HAVING count(*) > 1
+    """) == []  # fmt: skip
+    # a job that failed for good with a dead-letter task has sent its dead letter
+    assert rows("""
+        SELECT id FROM hopper._jobs
+        WHERE state = 'failed' AND dead_letter IS NOT NULL AND dead_letter_job_id IS NULL
     """) == []  # fmt: skip
