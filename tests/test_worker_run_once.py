@@ -194,3 +194,39 @@ def test_a_pydantic_result_that_cannot_be_serialised_fails_its_job(dsn, conn):
         "result is not JSON serialisable: Unable to serialize unknown type: <class 'object'>"
     )
     assert job(conn, fine)["state"] == "completed"
+
+
+def test_the_reporter_keeps_trying_after_a_long_outage(dsn, conn, monkeypatch, caplog):
+    """While the worker runs, outcomes it could not send are sent once the database
+    is back, however long it was gone: after 30 failed tries the reporter used to
+    wait for the next finished job, which an idle queue never brings."""
+    target = add_job(conn, "echo", {})["id"]
+    monkeypatch.setattr(hopper._worker, "RECONNECT_DELAYS", (0.001,))
+    worker = hopper.Worker(dsn, worker_tasks.tasks, worker_id="reporter-2")
+
+    async def outage_then_report() -> None:
+        await worker.db.open()
+        try:
+            await worker.db.register(worker.worker_id, {})
+            (claimed,) = await worker.db.claim(worker.worker_id, ["echo"], 1)
+            worker._outcomes = [Completed(claimed.id, "1")]
+            real_pool = worker.db._pool
+            worker.db._pool = None
+            worker.db._conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            await worker.db._conn.close()  # every statement now fails: the outage
+            reporter = asyncio.create_task(worker._report_forever())
+            worker._reported.set()
+            await asyncio.sleep(1.0)  # far more than 30 tries at 1 ms
+            worker.db._pool, worker.db._conn = real_pool, None  # the database is back
+            for _ in range(100):
+                if job(conn, target)["state"] == "completed":
+                    break
+                await asyncio.sleep(0.05)
+            reporter.cancel()
+        finally:
+            await worker.db.close()
+
+    with caplog.at_level("WARNING", logger="hopper.worker"):
+        asyncio.run(outage_then_report())
+    assert caplog.text.count("reporting outcomes failed") > 30
+    assert (job(conn, target)["state"], job(conn, target)["result"]) == ("completed", 1)

@@ -376,9 +376,12 @@ class Worker:
     # --- reporting outcomes ------------------------------------------------------
 
     async def _report_forever(self) -> None:
-        """Sends outcomes as they come; what piles up during one call goes in the next."""
+        """Sends outcomes as they come; what piles up during one call goes in the next.
+        Outcomes left after _report_all gave up are tried again at once: no later job
+        may come to send them (an idle queue), and their jobs would stay running."""
         while True:
-            await self._reported.wait()
+            if not self._outcomes:
+                await self._reported.wait()
             self._reported.clear()
             await self._report_all()
 
@@ -397,7 +400,7 @@ class Worker:
                 self._outcomes = outcomes + self._outcomes
                 failures += 1
                 if failures > 30:
-                    logger.error("giving up reporting %s outcomes: %s", len(outcomes), error)
+                    logger.error("%s outcomes unsent after 30 tries: %s", len(outcomes), error)
                     return
                 await self._sleep_after_failure("reporting outcomes", error, failures)
             except psycopg.Error as error:
