@@ -6,7 +6,7 @@ import threading
 
 import psycopg
 from sqlcalls import add_job, call, call_one, claim, job
-from workerprocs import wait_until
+from workerprocs import wait_until_blocked
 
 
 def test_cancel_unlocked_jobs_at_once_with_reason(conn):
@@ -82,13 +82,7 @@ def test_retry_racing_a_new_job_of_the_same_key_skips_the_job(conn, connect):
 
     retrying = threading.Thread(target=retry)
     retrying.start()
-    wait_until(
-        lambda: conn.execute(
-            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-            [admin.info.backend_pid],
-        ).fetchone()["wait_event_type"] == "Lock",
-        5, "the retry to wait for the new job's key",
-    )  # fmt: skip
+    wait_until_blocked(conn, admin)  # on the new job's key
     producer.execute("COMMIT")
     retrying.join(10)
     assert outcome == {"retried": []}

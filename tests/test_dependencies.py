@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from races import at_once, run_producers_and_workers
 from sqlcalls import add_job, call, call_one, claim, job
-from workerprocs import wait_until
+from workerprocs import wait_until, wait_until_blocked, waits_for_lock
 
 import hopper
 
@@ -586,18 +586,6 @@ def test_two_barrier_holders_ending_at_once_release_the_barrier(conn, connect):
         call(conn, "complete_jobs", [barrier])
 
 
-def wait_until_blocked(conn, waiter: psycopg.Connection) -> None:
-    """Returns once waiter's backend waits for a lock."""
-    query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
-
-    def blocked() -> bool:
-        return (
-            conn.execute(query, [waiter.info.backend_pid]).fetchone()["wait_event_type"] == "Lock"
-        )
-
-    wait_until(blocked, 5, "the session to wait for a lock")
-
-
 def deadlocks(conn, *sessions: psycopg.Connection) -> int:
     """The database's count of deadlocks, with what the sessions counted sent in."""
     for session in sessions:
@@ -669,10 +657,7 @@ def test_two_transactions_adding_the_halves_of_a_barrier_cycle_at_once(conn, con
         adding = threading.Thread(target=add_second_half)
         adding.start()
         wait_until(
-            lambda: outcome or conn.execute(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                [second.info.backend_pid],
-            ).fetchone()["wait_event_type"] == "Lock",
+            lambda: outcome or waits_for_lock(conn, second),
             5, "the second half to be added or to wait",
         )  # fmt: skip
         first.commit()

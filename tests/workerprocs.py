@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import tuple_row
 
 import hopper
 
@@ -75,6 +76,21 @@ def wait_for_listener(conn: psycopg.Connection, timeout: float = 10) -> None:
         timeout,
         "the worker's listener",
     )
+
+
+def waits_for_lock(conn: psycopg.Connection, session: psycopg.Connection) -> bool:
+    """Whether session's backend waits for a lock, as conn sees it."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+            [session.info.backend_pid],
+        ).fetchone()
+    return row is not None and row[0] == "Lock"
+
+
+def wait_until_blocked(conn: psycopg.Connection, waiter: psycopg.Connection) -> None:
+    """Returns once waiter's backend waits for a lock."""
+    wait_until(lambda: waits_for_lock(conn, waiter), 5, "the session to wait for a lock")
 
 
 def scalar(dsn: str, query: str, params: list | None = None):

@@ -237,7 +237,7 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
             async with deadline:
                 result = await call
     except TimeoutError as error:
-        if timeout is None or deadline is None or not deadline.expired():
+        if deadline is None or not deadline.expired():
             return _failure(context, job, error)  # the handler's own, an HTTP call's say
         context.cancelled.set()
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
@@ -293,7 +293,8 @@ def _outcome_of_result(job: Job, result: Any) -> Report:
         text = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as error:  # PydanticSerializationError is a ValueError
         return Failed(job.id, f"result is not JSON serialisable: {error}", permanent=True)
-    if _ESCAPED_NUL.search(text):
+    # the substring first: the pattern alone took 25 us on a 1 kB result, 2.4 ms on 100 kB
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
         message = "result is not storable: jsonb cannot hold the character U+0000"
         return Failed(job.id, message, permanent=True)
     return Completed(job.id, text)

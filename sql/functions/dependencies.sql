@@ -788,6 +788,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     held bigint[];
+    replaced bigint[];
 BEGIN
     WITH last_applied AS (
         SELECT DISTINCT ON (a.id)
@@ -825,23 +826,21 @@ BEGIN
     IF held IS NULL THEN
         RETURN;
     END IF;
-    IF 'updated' = any(outcomes) THEN
-        PERFORM hopper._check_replaced_cycles(fn, ARRAY(
-            SELECT x.id FROM unnest(ids, outcomes) AS x (id, outcome)
-            WHERE x.outcome = 'updated' AND x.id = any(held)
-        ));
+    -- the waiting jobs that existed before the call (key replaces)
+    replaced := ARRAY(
+        SELECT x.id FROM unnest(ids, outcomes) AS x (id, outcome)
+        WHERE x.outcome = 'updated' AND x.id = any(held)
+    );
+    IF cardinality(replaced) > 0 THEN
+        PERFORM hopper._check_replaced_cycles(fn, replaced);
     END IF;
     PERFORM hopper._hold_waiting(fn, specs, held, name_index);
-    IF 'updated' = any(outcomes) THEN
+    IF cardinality(replaced) > 0 THEN
         -- _hold_waiting settles only this call's jobs, but a replaced job had
         -- been active for other calls too: if it ended here, theirs that wait
         -- on it (by id or by its tags) are settled as at any job's end
         PERFORM hopper._settle_dependents_of(ARRAY(
-            SELECT j FROM hopper._jobs AS j
-            WHERE j.state = 'cancelled' AND j.id = any(ARRAY(
-                SELECT x.id FROM unnest(ids, outcomes) AS x (id, outcome)
-                WHERE x.outcome = 'updated'
-            ))
+            SELECT j FROM hopper._jobs AS j WHERE j.id = any(replaced) AND j.state = 'cancelled'
         ));
     END IF;
 END
