@@ -121,6 +121,35 @@ def test_a_refused_completion_is_logged_and_changes_nothing(dsn, conn, caplog, m
     assert (unlocked["state"], unlocked["result"], unlocked["locked_by"]) == ("failed", None, None)
 
 
+def test_a_concurrency_above_max_batch_size_claims_in_batches_it_allows(dsn, conn, caplog):
+    call(conn, "set_setting", "max_batch_size", "3")
+    ids = [add_job(conn, "echo", {"n": n})["id"] for n in range(10)]
+    with caplog.at_level("WARNING", logger="hopper.worker"):
+        assert hopper.run_once(dsn, worker_tasks.tasks, concurrency=8) == 10
+    assert [job(conn, i)["state"] for i in ids] == ["completed"] * 10
+    assert "the database refused 8 jobs in one call" in caplog.text
+    assert "sending at most 2 from now on" in caplog.text
+
+
+def test_outcomes_over_a_lowered_max_batch_size_are_sent_in_smaller_calls(
+    dsn, conn, monkeypatch
+):
+    """max_batch_size falls to 1 while four jobs run: their two completions and two
+    failures are each refused together, and reported one at a time."""
+    monkeypatch.setenv("HOPPER_TEST_DSN", dsn)
+    call(conn, "set_setting", "max_batch_size", "4")
+    lowering = add_job(conn, "lower_max_batch_size", {"to": 1})["id"]
+    echo = add_job(conn, "echo", {"n": 1})["id"]
+    failing = [add_job(conn, "explode", {"why": f"no {n}"})["id"] for n in range(2)]
+    assert hopper.run_once(dsn, worker_tasks.tasks, concurrency=4) == 4
+    assert [job(conn, i)["state"] for i in (lowering, echo)] == ["completed"] * 2
+    assert job(conn, echo)["result"] == {"echo": {"n": 1}, "attempt": 1}
+    assert [(job(conn, i)["state"], job(conn, i)["last_error"]) for i in failing] == [
+        ("scheduled", "ValueError: no 0"),
+        ("scheduled", "ValueError: no 1"),
+    ]
+
+
 def test_results_that_jsonb_cannot_hold_fail_their_jobs_and_the_rest_completes(dsn, conn):
     """JSON has no NaN and jsonb no \\u0000: such a result fails its job for good
     instead of stopping every report of the worker."""

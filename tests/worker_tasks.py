@@ -188,3 +188,11 @@ async def hold_transaction(payload: dict, job: hopper.JobContext) -> None:
     """Holds its job transaction open for a while, as a slow handler's work would."""
     async with job.transaction() as conn:
         await conn.execute("SELECT pg_sleep(%s)", [payload["seconds"]])
+
+
+@tasks.task("lower_max_batch_size")
+def lower_max_batch_size(payload: dict) -> str:
+    """Lowers max_batch_size while its batch runs, as an administrator might."""
+    with psycopg.connect(os.environ["HOPPER_TEST_DSN"], autocommit=True) as conn:
+        conn.execute("SELECT hopper.set_setting('max_batch_size', %s)", [str(payload["to"])])
+    return "lowered"

@@ -10,8 +10,10 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import psycopg
 
@@ -29,6 +31,8 @@ from hopper._tasks import (
 )
 
 logger = logging.getLogger("hopper.worker")
+ReportT = TypeVar("ReportT", bound=Report)
+ResultT = TypeVar("ResultT")
 
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # A worker that runs dry polls again after this, doubling up to poll_interval:
@@ -101,6 +105,9 @@ class Worker:
         self._stopping = False
         self._stop_now = False
         self._helper_error: BaseException | None = None
+        # the most jobs one call may carry; lowered when the database's max_batch_size
+        # refuses a call (a concurrency above it)
+        self._batch_limit = concurrency
 
     # --- control --------------------------------------------------------------
 
@@ -216,7 +223,39 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), min(idle_poll, self.poll_interval))
 
     async def _claim(self, batch_size: int) -> list[Job]:
-        return await self.db.claim(self.worker_id, self.tasks.names(), batch_size)
+        while True:
+            size = min(batch_size, self._batch_limit)
+            try:
+                return await self.db.claim(self.worker_id, self.tasks.names(), size)
+            except psycopg.errors.ProgramLimitExceeded as error:
+                self._lower_batch_limit(size, error)
+
+    async def _in_batches(
+        self, send: Callable[[list[ReportT]], Awaitable[ResultT]], items: list[ReportT]
+    ) -> list[ResultT]:
+        """send(items), in slices that max_batch_size allows; returns each one's result."""
+        results: list[ResultT] = []
+        start = 0
+        while start < len(items):
+            size = min(self._batch_limit, len(items) - start)
+            try:
+                results.append(await send(items[start : start + size]))
+            except psycopg.errors.ProgramLimitExceeded as error:
+                self._lower_batch_limit(size, error)
+                continue
+            start += size
+        return results
+
+    def _lower_batch_limit(self, refused_size: int, error: Exception) -> None:
+        """Halves the calls' size after max_batch_size refused refused_size jobs (its
+        value is a setting this role may not read, and an administrator may lower it)."""
+        if refused_size <= 1:
+            raise error
+        self._batch_limit = refused_size // 2
+        logger.warning(
+            "the database refused %s jobs in one call (%s); sending at most %s from now on",
+            refused_size, error, self._batch_limit,
+        )  # fmt: skip
 
     async def _sleep_after_failure(self, what: str, error: Exception, failures: int) -> None:
         delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1]
@@ -438,15 +477,16 @@ class Worker:
         if progress:
             await self.db.set_progress(self.worker_id, progress)
         if completed:
-            accepted = set(await self.db.complete(self.worker_id, completed))
+            batches = await self._in_batches(partial(self.db.complete, self.worker_id), completed)
+            accepted = {job_id for batch in batches for job_id in batch}
             refused = [o.job_id for o in completed if o.job_id not in accepted]
             if refused:
                 # rescued, unlocked or retried meanwhile: they run (or ran) elsewhere
                 logger.warning("completion refused, jobs no longer held: %s", refused)
         if failed:
-            await self.db.fail(self.worker_id, failed, permanent=False)
+            await self._in_batches(partial(self.db.fail, self.worker_id, permanent=False), failed)
         if doomed:
-            await self.db.fail(self.worker_id, doomed, permanent=True)
+            await self._in_batches(partial(self.db.fail, self.worker_id, permanent=True), doomed)
 
     # --- shutting down -------------------------------------------------------------
 
