@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import psycopg
@@ -82,6 +83,21 @@ def test_add_jobs_in_order_with_delay_and_batch_ref(dsn):
     assert [j.state for j in jobs] == ["pending", "scheduled", "pending"]
     assert jobs[2].timeout == timedelta(seconds=10)
     assert hopper.batch_ref(0) == -1 and hopper.batch_ref(3) == -4
+
+
+def test_add_jobs_delay_counts_from_the_database_clock_as_add_job_does(dsn):
+    """Both add the delay to the transaction's now(), never to the client's clock."""
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute("SELECT 1")  # the transaction, and its now(), begin here
+        time.sleep(0.3)
+        one = hopper.add_job(conn, "a", delay=60)
+        many = hopper.add_jobs(
+            conn,
+            [hopper.JobSpec("b", delay="1m"), hopper.JobSpec("c"), hopper.JobSpec("d", delay=5)],
+        )
+    assert [j.state for j in many] == ["scheduled", "pending", "scheduled"]
+    assert many[0].run_at == one.run_at == one.created_at + timedelta(seconds=60)
+    assert many[2].run_at == one.created_at + timedelta(seconds=5)
 
 
 def test_async_twins(dsn):

@@ -131,9 +131,7 @@ def test_a_concurrency_above_max_batch_size_claims_in_batches_it_allows(dsn, con
     assert "sending at most 2 from now on" in caplog.text
 
 
-def test_outcomes_over_a_lowered_max_batch_size_are_sent_in_smaller_calls(
-    dsn, conn, monkeypatch
-):
+def test_outcomes_over_a_lowered_max_batch_size_are_sent_in_smaller_calls(dsn, conn, monkeypatch):
     """max_batch_size falls to 1 while four jobs run: their two completions and two
     failures are each refused together, and reported one at a time."""
     monkeypatch.setenv("HOPPER_TEST_DSN", dsn)

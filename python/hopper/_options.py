@@ -64,8 +64,9 @@ class JobSpec:
     dead_letter: str | None = None
     delay: float | timedelta | str | None = field(default=None, kw_only=True)
 
-    def as_json(self, now: datetime) -> dict[str, Any]:
-        """The spec as an element of add_jobs' jsonb form (None values left out)."""
+    def as_json(self) -> dict[str, Any]:
+        """The spec as an element of add_jobs' jsonb form (None values left out); a
+        delay is left to the caller, who adds it to the database's clock."""
         if self.delay is not None and self.run_at is not None:
             raise ValueError("give run_at or delay, not both")
         values: dict[str, Any] = {}
@@ -78,6 +79,7 @@ class JobSpec:
             elif isinstance(value, datetime):
                 value = value.isoformat()
             values[name] = value
-        if self.delay is not None:
-            values["run_at"] = (now + parse_duration(self.delay)).isoformat()
         return values
+
+    def delay_seconds(self) -> float | None:
+        return None if self.delay is None else parse_duration(self.delay).total_seconds()

@@ -7,7 +7,6 @@ caller's transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -54,12 +53,33 @@ def add_job_call(
     return query, values
 
 
+# the specs with each delayed one's run_at set by the database's clock, as add_job's
+ADD_DELAYED_JOBS = """
+SELECT * FROM {}.add_jobs(
+    (
+        SELECT jsonb_agg(
+            CASE WHEN d.seconds IS NULL THEN d.spec
+            ELSE d.spec || jsonb_build_object('run_at', now() + make_interval(secs => d.seconds))
+            END ORDER BY d.n
+        )
+        FROM ROWS FROM (jsonb_array_elements(%s::jsonb), unnest(%s::float8[]))
+            WITH ORDINALITY AS d (spec, seconds, n)
+    ),
+    %s
+)
+"""
+
+
 def add_jobs_call(
     specs: Sequence[JobSpec], job_key_preserve_run_at: bool, schema: str
 ) -> tuple[sql.Composed, list[Any]]:
-    now = datetime.now(UTC)
+    elements = Jsonb([spec.as_json() for spec in specs])
+    delays = [spec.delay_seconds() for spec in specs]
+    if any(seconds is not None for seconds in delays):
+        query = sql.SQL(ADD_DELAYED_JOBS).format(sql.Identifier(schema))
+        return query, [elements, delays, job_key_preserve_run_at]
     query = sql.SQL("SELECT * FROM {}.add_jobs(%s::jsonb, %s)").format(sql.Identifier(schema))
-    return query, [Jsonb([spec.as_json(now) for spec in specs]), job_key_preserve_run_at]
+    return query, [elements, job_key_preserve_run_at]
 
 
 def add_job(
