@@ -17,6 +17,8 @@ from psycopg.conninfo import make_conninfo
 
 # longer runs hunt better: HOPPER_RANDOM_SECONDS=60 pytest tests/test_random_concurrency.py
 SECONDS = float(os.environ.get("HOPPER_RANDOM_SECONDS", "6"))
+# and other seeds hunt elsewhere: HOPPER_RANDOM_SEED=7
+SEED = int(os.environ.get("HOPPER_RANDOM_SEED", "0"))
 APP = "hopper-random-test"
 ACTIVE = "('waiting', 'scheduled', 'pending', 'running')"
 # what the calls may refuse under this load: deadlocks, cycles, unknown or
@@ -58,6 +60,8 @@ class Mix:
                             self.refused["connection lost"] += 1
                         else:
                             self.unexpected.append(f"{type(error).__name__}: {error}")
+                    except AssertionError as error:  # a step's own check
+                        self.unexpected.append(str(error))
 
 
 def some_ids(conn: psycopg.Connection, n: int) -> list[int]:
@@ -72,7 +76,15 @@ def produce(conn: psycopg.Connection, rng: random.Random) -> None:
         options["queue_name"] = rng.choice(["qa", "qb"])
     if rng.random() < 0.3:
         options["job_key"] = f"k{rng.randrange(20)}"
-        options["job_key_mode"] = rng.choice(["replace", "preserve_run_at", "dedupe"])
+        options["job_key_mode"] = rng.choice(
+            ["replace", "preserve_run_at", "dedupe", "unsafe_dedupe"]
+        )
+    if rng.random() < 0.15:
+        options["run_at"] = f"now() + {rng.choice(['-1', '0.05', '0.3'])} * interval '1 second'"
+    if rng.random() < 0.2:
+        options["flags"] = [rng.choice(["f1", "f2"])]
+    if rng.random() < 0.2:
+        options["priority"] = rng.randint(-2, 2)
     if rng.random() < 0.2:
         options["tags"] = [rng.choice(["t1", "t2", "t3"])]
     if rng.random() < 0.1:
@@ -81,7 +93,10 @@ def produce(conn: psycopg.Connection, rng: random.Random) -> None:
         options["depends_on"] = some_ids(conn, 2) or None
     if rng.random() < 0.1:
         options["timeout"] = "0.1 seconds"  # rescued as timed out if held longer
+    run_at = options.pop("run_at", None)
     named = "".join(f", {name} => %s" for name in options)
+    if run_at is not None:
+        named += f", run_at => {run_at}"
     conn.execute(f"SELECT hopper.add_job('t', '{{}}'{named})", list(options.values()))
 
 
@@ -98,7 +113,10 @@ def produce_batch(conn: psycopg.Connection, rng: random.Random) -> None:
         if rng.random() < 0.1:
             spec["dead_letter"] = "dead"
         specs.append(spec)
-    conn.execute("SELECT count(*) FROM hopper.add_jobs(%s::jsonb)", [json.dumps(specs)])
+    conn.execute(
+        "SELECT count(*) FROM hopper.add_jobs(%s::jsonb, %s)",
+        [json.dumps(specs), rng.random() < 0.3],
+    )
 
 
 def work(conn: psycopg.Connection, rng: random.Random) -> None:
@@ -107,15 +125,26 @@ def work(conn: psycopg.Connection, rng: random.Random) -> None:
     worker = f"w{rng.randrange(10**9)}"
     conn.execute("SELECT hopper.register_worker(%s)", [worker])
     for _ in range(rng.randint(1, 20)):
-        ids = [r[0] for r in conn.execute(
-            "SELECT id FROM hopper.get_jobs(%s, ARRAY['t'], %s)", [worker, rng.randint(1, 5)]
-        )]  # fmt: skip
+        forbidden = rng.choice([None, ["f1"], ["f1", "f2"]])
+        claimed = conn.execute(
+            "SELECT id, flags FROM hopper.get_jobs(%s, ARRAY['t'], %s, forbidden_flags => %s)",
+            [worker, rng.randint(1, 5), forbidden],
+        ).fetchall()
+        if set(forbidden or []) & {f for _, flags in claimed for f in flags or []}:
+            raise AssertionError(f"claimed a job with a forbidden flag: {claimed} {forbidden}")
+        ids = [job_id for job_id, _ in claimed]
         if not ids:
             time.sleep(0.005)
             continue
         if rng.random() < 0.3:
-            conn.execute("SELECT count(*) FROM hopper.heartbeat(%s)", [worker])
+            cancelled = conn.execute("SELECT hopper.heartbeat(%s)", [worker]).fetchone()[0]
             conn.execute("SELECT hopper.set_progress(%s, %s, 50)", [worker, ids[0]])
+            if cancelled:  # as a worker does: its handlers end, failing the jobs
+                conn.execute(
+                    "SELECT count(*) FROM hopper.fail_claimed_jobs(%s, %s, %s)",
+                    [worker, cancelled, ["cancelled by request"] * len(cancelled)],
+                )
+                ids = [i for i in ids if i not in cancelled]
         choice = rng.random()
         if choice < 0.55:
             conn.execute("SELECT hopper.complete_claimed_job_ids(%s, %s, NULL)", [worker, ids])
@@ -182,7 +211,8 @@ def test_a_random_concurrent_mix_keeps_the_invariants(dsn, conn):
     mix = Mix(dsn)
     roles = [produce] * 3 + [produce_batch] * 2 + [work] * 4 + [administer] * 2
     threads = [
-        threading.Thread(target=mix.loop, args=(seed, role)) for seed, role in enumerate(roles)
+        threading.Thread(target=mix.loop, args=(SEED * 100 + seed, role))
+        for seed, role in enumerate(roles)
     ]
     threads.append(threading.Thread(target=kill, args=(mix,)))
     for thread in threads:

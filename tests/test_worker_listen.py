@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -48,6 +49,24 @@ def test_job_committed_after_the_worker_ran_dry_runs_long_before_the_poll(dsn, c
 def test_worker_rejects_bad_concurrency(dsn):
     with pytest.raises(ValueError, match="concurrency must be at least 1"):
         hopper.Worker(dsn, worker_tasks.tasks, concurrency=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("poll_interval", 0, "poll_interval must be more than 0 seconds (got 0)"),
+        ("poll_interval", -1.0, "poll_interval must be more than 0 seconds (got -1.0)"),
+        ("heartbeat_interval", 0, "heartbeat_interval must be more than 0 seconds (got 0)"),
+        ("schedule_interval", float("nan"), "schedule_interval must be more than 0 seconds"),
+        ("grace_period", -1, "grace_period must not be negative (got -1)"),
+    ],
+)
+def test_worker_rejects_intervals_that_would_call_the_database_without_pause(
+    dsn, option, value, message
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        hopper.Worker(dsn, worker_tasks.tasks, **{option: value})
+    assert hopper.Worker(dsn, worker_tasks.tasks, grace_period=0).grace_period == 0
 
 
 def test_a_serial_queue_runs_back_to_back_not_at_poll_speed(dsn, conn):

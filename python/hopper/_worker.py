@@ -81,6 +81,16 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
+        # zero would make its loop call the database without pause (NaN too)
+        for name, seconds in (
+            ("poll_interval", poll_interval),
+            ("heartbeat_interval", heartbeat_interval),
+            ("schedule_interval", schedule_interval),
+        ):
+            if not seconds > 0:
+                raise ValueError(f"{name} must be more than 0 seconds (got {seconds})")
+        if not grace_period >= 0:
+            raise ValueError(f"grace_period must not be negative (got {grace_period})")
         if stale_after <= heartbeat_interval:
             raise ValueError("stale_after must be longer than heartbeat_interval")
         self.tasks = tasks
