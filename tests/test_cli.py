@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import psycopg
-from workerprocs import TESTS_DIR
+from sqlcalls import add_job, job
+from workerprocs import TESTS_DIR, wait_until
 
 
 def hopper(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -116,3 +117,46 @@ def test_cancel_and_retry(dsn):
         assert conn.execute("SELECT state, last_error FROM hopper.jobs").fetchone() == (
             "pending", "typo",
         )  # fmt: skip
+
+
+def test_cancel_that_meets_a_deadlock_is_made_again(dsn, conn):
+    """The cancel locks the first job and waits for the second, which another
+    session holds while it waits for the first: the cancel's backend finds the
+    deadlock, and the command tries again once the other side is through."""
+    first, second = (add_job(conn, "echo", {})["id"] for _ in range(2))
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "DATABASE_URL": dsn}
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SET LOCAL deadlock_timeout = '30s'")  # the cancel finds it first
+        holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [second])
+        cancel = subprocess.Popen(
+            [sys.executable, "-m", "hopper", "cancel", str(first), str(second)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        wait_until(
+            lambda: conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database() AND pid <> %s",
+                [holder.info.backend_pid],
+            ).fetchone(),
+            30,
+            "the cancel to wait for the second job",
+        )
+        holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [first])
+        holder.execute("COMMIT")
+        out, err = cancel.communicate(timeout=60)
+    assert cancel.returncode == 0, err
+    assert "deadlock detected; trying again" in err
+    assert out.splitlines() == [f"job {first}: cancelled", f"job {second}: cancelled"]
+    assert [job(conn, i)["state"] for i in (first, second)] == ["cancelled"] * 2
+
+
+def test_an_error_the_server_reports_is_not_called_a_connection_failure(dsn):
+    """54000 is an OperationalError in psycopg, as connection failures are: the
+    message must still be the database's."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT hopper.set_setting('max_payload_bytes', '16')")
+    run = hopper("add-job", "echo", json.dumps({"text": "x" * 100}), dsn=dsn)
+    assert run.returncode == 1
+    assert run.stderr.startswith("hopper: add_job: payload is ")
+    assert "cannot connect" not in run.stderr

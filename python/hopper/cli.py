@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +133,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hopper: {error}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as error:
-        print(f"hopper: cannot connect to the database: {error}", file=sys.stderr)
+        if not _is_connection_failure(error):
+            # a deadlock, say, that kept coming back: the database's own words
+            print(f"hopper: {error.diag.message_primary or error}", file=sys.stderr)
+        else:
+            print(f"hopper: cannot connect to the database: {error}", file=sys.stderr)
         return 1
     except psycopg.Error as error:
         print(f"hopper: {error.diag.message_primary or error}", file=sys.stderr)
         return 1
+
+
+def _is_connection_failure(error: psycopg.OperationalError) -> bool:
+    """No server reply (no SQLSTATE), a connection exception (class 08), too many
+    connections, or a server shutting down, crashed or starting up."""
+    state = error.sqlstate
+    return state is None or state[:2] == "08" or state in ("53300", "57P01", "57P02", "57P03")
+
+
+# An admin call that meets a deadlock (40P01) or a job key changing under it
+# (40001) changed nothing and can be made again, as PostgreSQL's docs advise.
+ADMIN_TRIES = 3
+
+
+def _call_again_on_conflict(
+    conn: psycopg.Connection, query: sql.Composed, params: list[Any]
+) -> list[Any]:
+    for _ in range(ADMIN_TRIES - 1):
+        try:
+            return conn.execute(query, params).fetchall()
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as error:
+            logging.getLogger("hopper.cli").warning("%s; trying again", error.diag.message_primary)
+            time.sleep(0.1)  # let the other side of the conflict go on first
+    return conn.execute(query, params).fetchall()
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -301,9 +330,9 @@ def _change_jobs(args: argparse.Namespace, function: str, params: list[Any], ver
     validate_schema(args.schema)
     query = sql.SQL("SELECT id, state FROM {}.{}(" + ", ".join(["%s"] * len(params)) + ")")
     with psycopg.connect(args.database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            query.format(sql.Identifier(args.schema), sql.Identifier(function)), params
-        ).fetchall()
+        rows = _call_again_on_conflict(
+            conn, query.format(sql.Identifier(args.schema), sql.Identifier(function)), params
+        )
     for job_id, state in rows:
         print(f"job {job_id}: {state}")
     skipped = sorted(set(args.job_ids) - {job_id for job_id, _ in rows})
