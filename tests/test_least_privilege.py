@@ -9,10 +9,12 @@ import uuid
 import psycopg
 import pytest
 import worker_tasks
+from netproxy import Proxy, lose_a_claims_reply
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from sqlcalls import add_job, call
-from workerprocs import wait_until, worker_in_thread
+from sqlcalls import add_job, call, job
+from workerprocs import wait_for_listener, wait_until, worker_in_thread
 
 import hopper
 
@@ -20,7 +22,7 @@ PRODUCER = {"add_job", "add_jobs", "job_status"}
 WORKER = PRODUCER | {
     "register_worker", "unregister_worker", "heartbeat", "get_jobs", "get_job", "complete_job",
     "complete_claimed_jobs", "complete_claimed_job_ids", "fail_job", "fail_claimed_jobs",
-    "release_jobs",
+    "release_jobs", "release_unknown_jobs",
     "rescue_stale_jobs", "set_progress", "enqueue_due_schedules", "next_schedule_firing",
 }  # fmt: skip
 
@@ -40,6 +42,7 @@ OPERATIONS = {
     "fail_job": "SELECT hopper.fail_job('me', 1, 'x')",
     "fail_claimed_jobs": "SELECT hopper.fail_claimed_jobs('me', ARRAY[1]::bigint[], ARRAY['x'])",
     "release_jobs": "SELECT hopper.release_jobs('me', ARRAY[1]::bigint[])",
+    "release_unknown_jobs": "SELECT hopper.release_unknown_jobs('me', '{}')",
     "rescue_stale_jobs": "SELECT hopper.rescue_stale_jobs()",
     "set_progress": "SELECT hopper.set_progress('me', 1, 5)",
     "enqueue_due_schedules": "SELECT hopper.enqueue_due_schedules()",
@@ -163,6 +166,30 @@ def test_a_worker_role_without_next_schedule_firing_enqueues_at_its_interval(dsn
                 10, "the firing's job to run",
             )  # fmt: skip
     assert "may not call next_schedule_firing" in caplog.text
+
+
+def test_a_worker_role_without_release_unknown_jobs_warns_and_frees_them_when_it_stops(
+    dsn, roles, caplog
+):
+    """A role granted before release_unknown_jobs existed: a job whose claim's reply
+    was lost stays running while the worker lives, and is released when it stops."""
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as owner:
+        owner.execute(f"REVOKE EXECUTE ON FUNCTION hopper.release_unknown_jobs FROM {worker_role}")
+        owner.execute("SELECT hopper.set_queue('held', paused => true)")
+        target = add_job(owner, "echo", {}, queue_name="held")["id"]
+        caplog.set_level(logging.WARNING, logger="hopper")
+        with Proxy(make_conninfo(dsn, user=worker_role)) as proxy:
+            worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, poll_interval=0.2)
+            with worker_in_thread(worker):
+                wait_for_listener(owner)
+                lose_a_claims_reply(owner, proxy, target, "held")
+                wait_until(
+                    lambda: "may not call release_unknown_jobs" in caplog.text, 10, "the warning"
+                )
+                assert job(owner, target)["state"] == "running"
+        released = job(owner, target)
+    assert (released["state"], released["attempts"], released["locked_by"]) == ("pending", 0, None)
 
 
 def test_a_worker_whose_heartbeat_fails_for_good_stops_and_says_why(dsn, roles, caplog):

@@ -198,6 +198,11 @@ class Database:
         rows = await self.rows(query, [])
         return rows[0]["seconds"]
 
+    async def release_unknown(self, worker_id: str, kept: list[int]) -> list[int]:
+        """Releases the jobs worker_id holds outside kept; returns their ids."""
+        query = self.call("release_unknown_jobs", "%s, %s::bigint[]", "id")
+        return [row[0] for row in await self.rows(query, [worker_id, kept], tuple_row)]
+
     async def unregister(self, worker_id: str) -> None:
         await self.rows(self.call("unregister_worker", "%s"), [worker_id])
 

@@ -118,6 +118,8 @@ class Worker:
         # the most jobs one call may carry; lowered when the database's max_batch_size
         # refuses a call (a concurrency above it)
         self._batch_limit = concurrency
+        self._sending: list[Report] = []  # the outcomes of the report in flight
+        self._unknown_releasable = True
 
     # --- control --------------------------------------------------------------
 
@@ -210,6 +212,8 @@ class Worker:
             if free > 0:
                 self._wake.clear()
                 try:
+                    if failures:
+                        await self._release_unknown_jobs()
                     jobs = await self._claim(free)
                     failures = 0
                 except psycopg.errors.ObjectNotInPrerequisiteState:
@@ -239,6 +243,27 @@ class Worker:
                 return await self.db.claim(self.worker_id, self.tasks.names(), size)
             except psycopg.errors.ProgramLimitExceeded as error:
                 self._lower_batch_limit(size, error)
+
+    async def _release_unknown_jobs(self) -> None:
+        """After a failed claim: a claim that committed but whose reply was lost
+        left jobs locked by us that we know nothing of, and as we heartbeat no
+        rescue would free them. Releases whatever we hold but do not run or report
+        (no claim is in flight now: this loop alone claims)."""
+        if not self._unknown_releasable:
+            return
+        kept = {*self._running, *(o.job_id for o in self._outcomes + self._sending)}
+        try:
+            released = await self.db.release_unknown(self.worker_id, sorted(kept))
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+            logger.warning(
+                "this role may not call release_unknown_jobs (or the schema predates it), so"
+                " jobs of a claim whose reply was lost stay running until this worker stops:"
+                " run grant_worker for it again (or migrate)"
+            )
+            self._unknown_releasable = False
+            return
+        if released:
+            logger.warning("released jobs of a claim whose reply was lost: %s", released)
 
     async def _in_batches(
         self, send: Callable[[list[ReportT]], Awaitable[ResultT]], items: list[ReportT]
@@ -439,6 +464,7 @@ class Worker:
         while self._outcomes or self._progress:
             outcomes, self._outcomes = self._outcomes, []
             progress, self._progress = self._progress, {}
+            self._sending = outcomes
             try:
                 await self._send(outcomes, progress)
                 failures = 0
@@ -458,6 +484,8 @@ class Worker:
                 logger.error("the database refused %s outcomes (%s); sending each alone",
                              len(outcomes), error)  # fmt: skip
                 self._outcomes = await self._send_each(outcomes) + self._outcomes
+            finally:
+                self._sending = []
 
     async def _send_each(self, outcomes: list[Report]) -> list[Report]:
         """Sends each outcome alone, failing for good the job of one the database

@@ -49,8 +49,9 @@ BEGIN
         'grant_worker', role_name, ARRAY[
             'add_job', 'add_jobs', 'job_status', 'register_worker', 'unregister_worker',
             'heartbeat', 'get_jobs', 'get_job', 'complete_job', 'complete_claimed_jobs',
-            'complete_claimed_job_ids', 'fail_job', 'fail_claimed_jobs', 'release_jobs', 'rescue_stale_jobs',
-            'set_progress', 'enqueue_due_schedules', 'next_schedule_firing'
+            'complete_claimed_job_ids', 'fail_job', 'fail_claimed_jobs', 'release_jobs',
+            'release_unknown_jobs', 'rescue_stale_jobs', 'set_progress', 'enqueue_due_schedules',
+            'next_schedule_firing'
         ]
     );
 END

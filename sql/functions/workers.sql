@@ -91,6 +91,30 @@ BEGIN
 END
 $$;
 
+-- Releases (no attempt counted) the jobs worker_id holds but does not know of:
+-- those of a claim that committed while its reply was lost (the connection
+-- failed), which would otherwise stay running while the worker heartbeats.
+-- kept_job_ids are the jobs the worker runs or still reports. Returns the jobs.
+CREATE OR REPLACE FUNCTION hopper.release_unknown_jobs(worker_id text, kept_job_ids bigint[])
+RETURNS SETOF hopper.jobs
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_worker_id('release_unknown_jobs', worker_id);
+    PERFORM hopper._check_required('release_unknown_jobs', 'kept_job_ids', kept_job_ids IS NULL);
+    RETURN QUERY SELECT * FROM hopper.release_jobs(
+        worker_id,
+        ARRAY(
+            SELECT j.id FROM hopper._jobs AS j
+            WHERE
+                j.state = 'running' AND j.locked_by = worker_id
+                AND NOT j.id = any(kept_job_ids)
+        )
+    );
+END
+$$;
+
 -- Retires registered workers whose last heartbeat is older than stale_after
 -- and fails their jobs ("worker <id> lost", retried at once); fails jobs held
 -- longer than their timeout plus timeout_grace ("timeout after <interval>")
