@@ -206,13 +206,15 @@ class Worker:
     async def _claim_until_stopped(self) -> None:
         failures = 0
         idle_poll = FIRST_IDLE_POLL
+        clock = asyncio.get_running_loop().time
+        unsure_until = 0.0  # till then a failed claim may still commit, unseen
         while not self._stopping:
             free = self.concurrency - len(self._running)
             got_all = False
             if free > 0:
                 self._wake.clear()
                 try:
-                    if failures:
+                    if clock() < unsure_until:
                         await self._release_unknown_jobs()
                     jobs = await self._claim(free)
                     failures = 0
@@ -220,6 +222,9 @@ class Worker:
                     await self._identity_lost()
                     continue
                 except psycopg.OperationalError as error:
+                    # its backend may have committed, or may commit later: one
+                    # that waited for a lock learns only then that we are gone
+                    unsure_until = clock() + self.stale_after
                     failures += 1
                     await self._sleep_after_failure("claim", error, failures)
                     continue
@@ -245,10 +250,11 @@ class Worker:
                 self._lower_batch_limit(size, error)
 
     async def _release_unknown_jobs(self) -> None:
-        """After a failed claim: a claim that committed but whose reply was lost
-        left jobs locked by us that we know nothing of, and as we heartbeat no
-        rescue would free them. Releases whatever we hold but do not run or report
-        (no claim is in flight now: this loop alone claims)."""
+        """Before each claim for stale_after after a failed one: a claim that
+        committed but whose reply was lost left jobs locked by us that we know
+        nothing of, and as we heartbeat no rescue would free them. Releases
+        whatever we hold but do not run or report (no claim of ours is in flight
+        now: this loop alone claims)."""
         if not self._unknown_releasable:
             return
         kept = {*self._running, *(o.job_id for o in self._outcomes + self._sending)}
