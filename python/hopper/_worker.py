@@ -261,10 +261,9 @@ class Worker:
         try:
             released = await self.db.release_unknown(self.worker_id, sorted(kept))
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
-            logger.warning(
-                "this role may not call release_unknown_jobs (or the schema predates it), so"
-                " jobs of a claim whose reply was lost stay running until this worker stops:"
-                " run grant_worker for it again (or migrate)"
+            _warn_ungranted(
+                "release_unknown_jobs",
+                "jobs of a claim whose reply was lost stay running until this worker stops",
             )
             self._unknown_releasable = False
             return
@@ -405,10 +404,9 @@ class Worker:
         try:
             seconds = await self.db.seconds_to_next_firing()
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
-            logger.warning(
-                "this role may not call next_schedule_firing (or the schema predates it),"
-                " so this worker enqueues firings up to schedule_interval late: run"
-                " grant_worker for it again (or migrate)"
+            _warn_ungranted(
+                "next_schedule_firing",
+                "this worker enqueues firings up to schedule_interval late",
             )
             self._firings_readable = False
             return self.schedule_interval
@@ -565,6 +563,15 @@ class Worker:
                 return
             except psycopg.OperationalError as error:
                 await self._sleep_after_failure("unregister", error, failures)
+
+
+def _warn_ungranted(function: str, consequence: str) -> None:
+    """For a role granted before function existed (or a schema that predates it)."""
+    logger.warning(
+        "this role may not call %s (or the schema predates it), so %s: run grant_worker"
+        " for it again (or migrate)",
+        function, consequence,
+    )  # fmt: skip
 
 
 def run_worker(dsn: str, tasks: TaskRegistry, *, concurrency: int = 8, **options: object) -> None:

@@ -81,13 +81,8 @@ BEGIN
     PERFORM hopper._check_worker_id('unregister_worker', worker_id);
     INSERT INTO hopper._workers AS w (id, retired_at) VALUES (worker_id, now())
     ON CONFLICT (id) DO UPDATE SET retired_at = coalesce(w.retired_at, now());
-    RETURN QUERY SELECT * FROM hopper.release_jobs(
-        worker_id,
-        ARRAY(
-            SELECT j.id FROM hopper._jobs AS j
-            WHERE j.state = 'running' AND j.locked_by = worker_id
-        )
-    );
+    -- every job it holds: it keeps none
+    RETURN QUERY SELECT * FROM hopper.release_unknown_jobs(worker_id, '{}');
 END
 $$;
 
