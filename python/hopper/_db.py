@@ -16,7 +16,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from hopper._records import JOB_COLUMNS, Job
+from hopper._records import JOB_COLUMNS, JOB_SELECT_LIST, Job
 from hopper._tasks import Completed, Failed, JobContext, JobLost
 
 _json_decoder = json.JSONDecoder()
@@ -117,28 +117,38 @@ class Database:
         self, query: sql.Composed, params: Sequence[Any], row_factory: Any = dict_row
     ) -> list[Any]:
         if self._pool is not None:
-            async with self._pool.connection() as conn, conn.cursor(row_factory=row_factory) as cur:
-                await cur.execute(query, params)
-                return await cur.fetchall()
+            async with self._pool.connection() as conn:
+                return await self._async_rows(conn, query, params, row_factory)
         async with self._lock:
             if isinstance(self._conn, psycopg.AsyncConnection):
-                async with self._conn.cursor(row_factory=row_factory) as cur:
-                    await cur.execute(query, params)
-                    return await cur.fetchall()
+                return await self._async_rows(self._conn, query, params, row_factory)
             assert isinstance(self._conn, psycopg.Connection)
             return await asyncio.to_thread(self._sync_rows, self._conn, query, params, row_factory)
+
+    @staticmethod
+    async def _async_rows(
+        conn: psycopg.AsyncConnection, query: sql.Composed, params: Sequence[Any], row_factory: Any
+    ) -> list[Any]:
+        try:
+            return await _async_fetch(conn, query, params, row_factory)
+        except psycopg.errors.FeatureNotSupported as error:
+            if STALE_STATEMENT not in str(error):
+                raise
+        await conn.execute("DEALLOCATE ALL")
+        return await _async_fetch(conn, query, params, row_factory)
 
     @staticmethod
     def _sync_rows(
         conn: psycopg.Connection, query: sql.Composed, params: Sequence[Any], row_factory: Any
     ) -> list[Any]:
+        # run_once on the caller's connection: no upgrade is expected under it
         with conn.cursor(row_factory=row_factory) as cur:
             return cur.execute(query, params).fetchall()
 
     # --- hopper functions -----------------------------------------------------
 
     async def claim(self, worker_id: str, task_names: list[str], batch_size: int) -> list[Job]:
-        query = self.call("get_jobs", "%s, %s, %s")
+        query = self.call("get_jobs", "%s, %s, %s", JOB_SELECT_LIST)
         return await self.rows(query, [worker_id, task_names, batch_size], _job_rows)
 
     async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> list[int]:
@@ -180,7 +190,7 @@ class Database:
         return list(rows[0]["heartbeat"] or [])
 
     async def rescue(self, stale_after: float) -> list[Job]:
-        query = self.call("rescue_stale_jobs", "make_interval(secs => %s)")
+        query = self.call("rescue_stale_jobs", "make_interval(secs => %s)", JOB_SELECT_LIST)
         return [Job.from_row(row) for row in await self.rows(query, [stale_after])]
 
     async def enqueue_due_schedules(self) -> int:
@@ -204,11 +214,26 @@ class Database:
         return [row[0] for row in await self.rows(query, [worker_id, kept], tuple_row)]
 
     async def unregister(self, worker_id: str) -> None:
-        await self.rows(self.call("unregister_worker", "%s"), [worker_id])
+        await self.rows(self.call("unregister_worker", "%s", "id"), [worker_id])
 
     async def set_progress(self, worker_id: str, progress: dict[int, int]) -> None:
         for job_id, percent in progress.items():
             await self.rows(self.call("set_progress", "%s, %s, %s"), [worker_id, job_id, percent])
+
+
+# psycopg prepares a statement run 5 times on a connection. When a migration changes
+# the result type of one (statements name the job record's columns, so adding one
+# does not), PostgreSQL refuses the prepared statement with this; prepared anew, it
+# runs, so a running worker survives the upgrade. The refused statement did nothing.
+STALE_STATEMENT = "cached plan must not change result type"
+
+
+async def _async_fetch(
+    conn: psycopg.AsyncConnection, query: sql.Composed, params: Sequence[Any], row_factory: Any
+) -> list[Any]:
+    async with conn.cursor(row_factory=row_factory) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchall()
 
 
 class JobTransaction:
@@ -222,7 +247,7 @@ class JobTransaction:
         self._sync: Any = None
 
     def _completion(self) -> tuple[sql.Composed, list[Any]]:
-        query = self.db.call("complete_job", "%s, %s, %s::jsonb")
+        query = self.db.call("complete_job", "%s, %s, %s::jsonb", "id")
         return query, [self.context.worker_id, self.context.job.id, self.result]
 
     def _check(self, row: Any) -> None:

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
 from hopper._options import INTERVAL_OPTIONS, JobSpec, parse_duration
-from hopper._records import Job
+from hopper._records import ADDED_JOB_SELECT_LIST, Job
 
 ADD_JOB_OPTIONS = frozenset(
     {
@@ -47,15 +47,15 @@ def add_job_call(
         # the database's clock decides when the job is due
         arguments.append(sql.SQL("run_at => now() + %s"))
         values.append(parse_duration(delay))
-    query = sql.SQL("SELECT * FROM {}.add_job({})").format(
+    query = sql.SQL("SELECT " + ADDED_JOB_SELECT_LIST + " FROM {}.add_job({})").format(
         sql.Identifier(schema), sql.SQL(", ").join(arguments)
     )
     return query, values
 
 
 # the specs with each delayed one's run_at set by the database's clock, as add_job's
-ADD_DELAYED_JOBS = """
-SELECT * FROM {}.add_jobs(
+ADD_DELAYED_JOBS = f"""
+SELECT {ADDED_JOB_SELECT_LIST} FROM {{}}.add_jobs(
     (
         SELECT jsonb_agg(
             CASE WHEN d.seconds IS NULL THEN d.spec
@@ -78,7 +78,9 @@ def add_jobs_call(
     if any(seconds is not None for seconds in delays):
         query = sql.SQL(ADD_DELAYED_JOBS).format(sql.Identifier(schema))
         return query, [elements, delays, job_key_preserve_run_at]
-    query = sql.SQL("SELECT * FROM {}.add_jobs(%s::jsonb, %s)").format(sql.Identifier(schema))
+    query = sql.SQL("SELECT " + ADDED_JOB_SELECT_LIST + " FROM {}.add_jobs(%s::jsonb, %s)").format(
+        sql.Identifier(schema)
+    )
     return query, [elements, job_key_preserve_run_at]
 
 
