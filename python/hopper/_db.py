@@ -50,8 +50,16 @@ class Database:
         schema: str = "hopper",
         pool_size: int = 4,
         job_pool_size: int = 4,
+        prepare: bool = True,
     ) -> None:
         self.schema = schema
+        # psycopg prepares a statement run 5 times on a connection; a pooler in
+        # transaction mode (PgBouncer before 1.21) sends the next execution to
+        # another server connection, which has no such statement
+        self._connection_options = {
+            "autocommit": True,
+            **({} if prepare else {"prepare_threshold": None}),
+        }
         self.dsn: str | None = target if isinstance(target, str) else None
         self._pool: AsyncConnectionPool | None = None
         self._job_pool: AsyncConnectionPool | None = None
@@ -68,7 +76,7 @@ class Database:
                 self.dsn,
                 min_size=1,
                 max_size=self._pool_size,
-                kwargs={"autocommit": True, "application_name": "hopper-worker"},
+                kwargs={**self._connection_options, "application_name": "hopper-worker"},
                 configure=self._configure,
                 open=False,
             )
@@ -91,7 +99,7 @@ class Database:
                 self.dsn,
                 min_size=0,
                 max_size=self._job_pool_size,
-                kwargs={"autocommit": True, "application_name": "hopper-job"},
+                kwargs={**self._connection_options, "application_name": "hopper-job"},
                 open=False,
             )
         await self._job_pool.open()  # a no-op once open

@@ -103,7 +103,10 @@ class Worker:
         self._firings_readable = True
         self._schedules_changed = asyncio.Event()
         self.worker_id = worker_id or new_worker_id()
-        self.db = Database(dsn_or_conn, schema, pool_size=3, job_pool_size=concurrency)
+        # a worker that may not listen sits behind a pooler in transaction mode
+        self.db = Database(
+            dsn_or_conn, schema, pool_size=3, job_pool_size=concurrency, prepare=listen
+        )
         self._transactions = self.db.job_transaction if self.db.dsn else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listen = listen and self.db.dsn is not None
