@@ -7,11 +7,16 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import tuple_row
 from workerprocs import wait_until
+
+import hopper
 
 
 class Proxy:
@@ -76,19 +81,63 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def lose_a_claims_reply(conn: psycopg.Connection, proxy: Proxy, job_id: int, queue: str) -> None:
-    """A worker behind proxy, idle: unpauses queue, whose one job is job_id, while
-    the server's replies are lost; returns once a claim has taken that job (its
-    reply never arrived) and the network has failed and come back."""
-    proxy.losing_replies.set()
-    try:
+@contextlib.contextmanager
+def claim_held_before_its_commit(
+    conn: psycopg.Connection, worker: hopper.Worker, queue: str
+) -> Iterator[None]:
+    """An idle worker of concurrency 1 claims the one job of the paused queue:
+    yields while its claim holds the job and waits for the worker's row (taking
+    its last free slot, the claim marks the worker not waiting), which another
+    session locks; the claim goes on when the block ends. No other claim of the
+    worker can be in flight meanwhile."""
+    wait_until(lambda: _waiting(conn, worker), 10, "the worker to run dry")
+    with psycopg.connect(conn.info.dsn, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT FROM hopper._workers WHERE id = %s FOR UPDATE", [worker.worker_id])
         conn.execute("SELECT hopper.set_queue(%s, paused => false)", [queue])
-        wait_until(
-            lambda: conn.execute(
-                "SELECT state = 'running' AS taken FROM hopper._jobs WHERE id = %s", [job_id]
-            ).fetchone()["taken"],
-            10, "a claim of the job, whose reply is lost",
-        )  # fmt: skip
+        wait_until(lambda: _claim_waits(conn), 10, "the claim to wait for the worker's row")
+        try:
+            yield
+        finally:
+            holder.execute("COMMIT")
+
+
+def lose_a_claims_reply(
+    conn: psycopg.Connection, proxy: Proxy, worker: hopper.Worker, job_id: int, queue: str
+) -> None:
+    """The claim of job_id commits while the server's replies are lost; returns once
+    the network has failed and come back."""
+    with claim_held_before_its_commit(conn, worker, queue):
+        proxy.losing_replies.set()
+    try:
+        wait_until(lambda: _state(conn, job_id) == "running", 10, "the claim to commit")
         proxy.cut()
     finally:
         proxy.losing_replies.clear()
+
+
+def _state(conn: psycopg.Connection, job_id: int) -> str:
+    return _value(conn, "SELECT state FROM hopper._jobs WHERE id = %s", [job_id])
+
+
+def _waiting(conn: psycopg.Connection, worker: hopper.Worker) -> bool:
+    query = "SELECT waiting FROM hopper._workers WHERE id = %s"
+    return _value(conn, query, [worker.worker_id]) is True
+
+
+def _claim_waits(conn: psycopg.Connection) -> bool:
+    return (
+        _value(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND query LIKE '%%get_jobs%%'",
+            [],
+        )
+        > 0
+    )
+
+
+def _value(conn: psycopg.Connection, query: str, params: list) -> Any:
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute(query, params).fetchone()
+    return None if row is None else row[0]

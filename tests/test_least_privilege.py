@@ -14,7 +14,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call, job
-from workerprocs import wait_for_listener, wait_until, worker_in_thread
+from workerprocs import wait_until, worker_in_thread
 
 import hopper
 
@@ -180,10 +180,9 @@ def test_a_worker_role_without_release_unknown_jobs_warns_and_frees_them_when_it
         target = add_job(owner, "echo", {}, queue_name="held")["id"]
         caplog.set_level(logging.WARNING, logger="hopper")
         with Proxy(make_conninfo(dsn, user=worker_role)) as proxy:
-            worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, poll_interval=0.2)
+            worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
             with worker_in_thread(worker):
-                wait_for_listener(owner)
-                lose_a_claims_reply(owner, proxy, target, "held")
+                lose_a_claims_reply(owner, proxy, worker, target, "held")
                 wait_until(
                     lambda: "may not call release_unknown_jobs" in caplog.text, 10, "the warning"
                 )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-import psycopg
 import worker_tasks
-from netproxy import Proxy, lose_a_claims_reply
+from netproxy import Proxy, claim_held_before_its_commit, lose_a_claims_reply
 from sqlcalls import add_job, job
-from workerprocs import wait_for_listener, wait_until, worker_in_thread
+from workerprocs import wait_until, worker_in_thread
 
 import hopper
 
@@ -22,54 +21,30 @@ def test_a_claim_whose_reply_was_lost_is_released_and_its_job_runs(dsn, conn, ca
     target = add_job(conn, "echo", {"n": 1}, queue_name="held")["id"]
     caplog.set_level(logging.WARNING, logger="hopper")
     with Proxy(dsn) as proxy:
-        worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=2, poll_interval=0.2)
+        worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
         with worker_in_thread(worker):
-            wait_for_listener(conn)
-            lose_a_claims_reply(conn, proxy, target, "held")
+            lose_a_claims_reply(conn, proxy, worker, target, "held")
             wait_until(lambda: job(conn, target)["state"] == "completed", 15, "the job to run")
     done = job(conn, target)
     assert (done["attempts"], done["result"]) == (1, {"echo": {"n": 1}, "attempt": 1})
     assert f"released jobs of a claim whose reply was lost: [{target}]" in caplog.text
 
 
-def test_a_failed_claim_that_commits_later_is_released_too(dsn, conn, connect):
+def test_a_failed_claim_that_commits_later_is_released_too(dsn, conn):
     """The claim's backend waits for a lock when the network fails, so it commits
     only after the worker gave it up and claimed again; the worker releases what
-    it does not know of before every claim for stale_after after the failure."""
+    it holds but does not know of at every heartbeat interval as well."""
     conn.execute("SELECT hopper.set_queue('held', paused => true)")
     target = add_job(conn, "echo", {"n": 2}, queue_name="held")["id"]
     with Proxy(dsn) as proxy:
-        worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
+        worker = hopper.Worker(
+            proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2,
+            heartbeat_interval=0.5, stale_after=5,
+        )  # fmt: skip
         with worker_in_thread(worker):
-            wait_for_listener(conn)
-            wait_until(lambda: worker_row(conn, worker)["waiting"], 10, "the worker to idle")
-            # a claim that takes its one job marks the worker not waiting: it
-            # needs this row
-            holder = connect()
-            holder.execute("BEGIN")
-            holder.execute(
-                "SELECT FROM hopper._workers WHERE id = %s FOR UPDATE", [worker.worker_id]
-            )
-            conn.execute("SELECT hopper.set_queue('held', paused => false)")
-            wait_until(lambda: claim_waits_for_a_lock(conn), 10, "the claim to wait")
-            proxy.cut()
-            time.sleep(1)  # the worker claims again (nothing: the job is locked)
-            holder.execute("COMMIT")  # the first claim commits, to nobody
+            with claim_held_before_its_commit(conn, worker, "held"):
+                proxy.cut()
+                time.sleep(1)  # the worker claims again (nothing: the job is locked)
+            # the first claim has committed, to nobody
             wait_until(lambda: job(conn, target)["state"] == "completed", 15, "the job to run")
     assert job(conn, target)["attempts"] == 1
-
-
-def worker_row(conn: psycopg.Connection, worker: hopper.Worker) -> dict:
-    return conn.execute(
-        "SELECT * FROM hopper._workers WHERE id = %s", [worker.worker_id]
-    ).fetchone()
-
-
-def claim_waits_for_a_lock(conn: psycopg.Connection) -> bool:
-    return (
-        conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database() AND query LIKE '%%get_jobs%%'"
-        ).fetchone()["n"]
-        > 0
-    )

@@ -210,37 +210,32 @@ class Worker:
         failures = 0
         idle_poll = FIRST_IDLE_POLL
         clock = asyncio.get_running_loop().time
-        unsure_until = 0.0  # till then a failed claim may still commit, unseen
+        release_at = clock() + self.heartbeat_interval
         while not self._stopping:
             free = self.concurrency - len(self._running)
-            got_all = False
-            if free > 0:
-                self._wake.clear()
-                try:
-                    if clock() < unsure_until:
-                        await self._release_unknown_jobs()
-                    jobs = await self._claim(free)
-                    failures = 0
-                except psycopg.errors.ObjectNotInPrerequisiteState:
-                    await self._identity_lost()
-                    continue
-                except psycopg.OperationalError as error:
-                    # its backend may have committed, or may commit later: one
-                    # that waited for a lock learns only then that we are gone
-                    unsure_until = clock() + self.stale_after
-                    failures += 1
-                    await self._sleep_after_failure("claim", error, failures)
-                    continue
-                for job in jobs:
-                    self._start(job)
-                got_all = len(jobs) == free
-                idle_poll = FIRST_IDLE_POLL if jobs else idle_poll * 2
-            else:
-                # only a finishing job makes room, and it sets _wake: a notification
-                # heard meanwhile must not turn the wait below into a busy loop
-                self._wake.clear()
-            if got_all and len(self._running) < self.concurrency:
+            # when full, only a finishing job makes room, and it sets _wake: a
+            # notification heard meanwhile must not turn the wait into a busy loop
+            self._wake.clear()
+            try:
+                if clock() >= release_at:
+                    await self._release_unknown_jobs()
+                    release_at = clock() + self.heartbeat_interval
+                jobs = await self._claim(free) if free > 0 else []
+                failures = 0
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                await self._identity_lost()
                 continue
+            except psycopg.OperationalError as error:
+                release_at = 0.0  # the claim may have committed: see _release_unknown_jobs
+                failures += 1
+                await self._sleep_after_failure("claim", error, failures)
+                continue
+            for job in jobs:
+                self._start(job)
+            if free > 0:
+                idle_poll = FIRST_IDLE_POLL if jobs else idle_poll * 2
+                if len(jobs) == free and len(self._running) < self.concurrency:
+                    continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(idle_poll, self.poll_interval))
 
@@ -253,11 +248,13 @@ class Worker:
                 self._lower_batch_limit(size, error)
 
     async def _release_unknown_jobs(self) -> None:
-        """Before each claim for stale_after after a failed one: a claim that
-        committed but whose reply was lost left jobs locked by us that we know
-        nothing of, and as we heartbeat no rescue would free them. Releases
+        """A claim can commit while its reply is lost (the network failed after
+        the request went through), or commit after the worker gave it up (its
+        backend waited for a lock): its jobs are locked by us, unknown to us, and
+        as we heartbeat no rescue frees them. The claim loop calls this before its
+        next claim after a failed one, and every heartbeat interval: it releases
         whatever we hold but do not run or report (no claim of ours is in flight
-        now: this loop alone claims)."""
+        then)."""
         if not self._unknown_releasable:
             return
         kept = {*self._running, *(o.job_id for o in self._outcomes + self._sending)}
