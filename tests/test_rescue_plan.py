@@ -40,6 +40,7 @@ WORKER_CALLS = {
     "heartbeat": "SELECT * FROM hopper.heartbeat('w1')",
     "rescue_stale_jobs": "SELECT id FROM hopper.rescue_stale_jobs('30 seconds')",
     "force_unlock_workers": "SELECT * FROM hopper.force_unlock_workers(ARRAY['gone'])",
+    "release_unknown_jobs": "SELECT * FROM hopper.release_unknown_jobs('w1', '{1}')",
     "unregister_worker": "SELECT * FROM hopper.unregister_worker('w1')",
 }
 

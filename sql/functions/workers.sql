@@ -94,6 +94,11 @@ CREATE OR REPLACE FUNCTION hopper.release_unknown_jobs(worker_id text, kept_job_
 RETURNS SETOF hopper.jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- every worker calls it every heartbeat interval: see "Settings of the hot entry
+-- points" in _helpers.sql
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+SET enable_seqscan = off
 AS $$
 BEGIN
     PERFORM hopper._check_worker_id('release_unknown_jobs', worker_id);
