@@ -93,3 +93,37 @@ def test_handlers_in_long_job_transactions_do_not_starve_the_worker(dsn, conn):
             lambda: all(job(conn, h)["state"] == "completed" for h in holders), 10, "the holders"
         )
     assert took < 1.5, took
+
+
+JOB_BACKENDS = (
+    "SELECT count(*) AS n FROM pg_stat_activity"
+    " WHERE application_name = 'hopper-job' AND datname = current_database()"
+)
+
+
+@pytest.mark.parametrize(("concurrency", "job_connections", "most"), [(8, 2, 2), (12, None, 10)])
+def test_job_transactions_share_a_bounded_pool(dsn, conn, concurrency, job_connections, most):
+    """More handlers want a transaction at once than job_connections allows (by
+    default the concurrency, at most 10): no more connections are ever open, the
+    other handlers wait their turn, and every job completes in its own transaction."""
+    worker = hopper.Worker(
+        dsn, worker_tasks.tasks, concurrency=concurrency, job_connections=job_connections
+    )
+    seen = 0
+    with worker_in_thread(worker):
+        holders = [
+            add_job(conn, "hold_transaction", {"seconds": 0.5})["id"] for _ in range(concurrency)
+        ]
+
+        def all_done() -> bool:
+            nonlocal seen
+            seen = max(seen, conn.execute(JOB_BACKENDS).fetchone()["n"])
+            return all(job(conn, h)["state"] == "completed" for h in holders)
+
+        wait_until(all_done, 20, "every job")
+    assert seen == most
+
+
+def test_job_connections_must_be_positive(dsn):
+    with pytest.raises(ValueError, match=r"job_connections must be at least 1 \(got 0\)"):
+        hopper.Worker(dsn, worker_tasks.tasks, job_connections=0)

@@ -40,6 +40,10 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # made it "waiting" sends no NOTIFY (see _notify_jobs).
 FIRST_IDLE_POLL = 0.05
 CANCELLED_BY_REQUEST = "cancelled by request"
+# The most connections handlers' job transactions hold at once, unless told: a
+# worker of concurrency 500 must not take a server's max_connections (100 by
+# default) from everyone else. A handler beyond it waits for one.
+DEFAULT_JOB_CONNECTIONS = 10
 # Wakes this long after a firing, so that the database's now() has passed it.
 FIRING_MARGIN = 0.005
 
@@ -78,9 +82,14 @@ class Worker:
         schedule_interval: float = 60.0,
         schema: str = "hopper",
         worker_id: str | None = None,
+        job_connections: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
+        if job_connections is None:
+            job_connections = min(concurrency, DEFAULT_JOB_CONNECTIONS)
+        if job_connections < 1:
+            raise ValueError(f"job_connections must be at least 1 (got {job_connections})")
         # zero would make its loop call the database without pause (NaN too)
         for name, seconds in (
             ("poll_interval", poll_interval),
@@ -105,7 +114,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         # a worker that may not listen sits behind a pooler in transaction mode
         self.db = Database(
-            dsn_or_conn, schema, pool_size=3, job_pool_size=concurrency, prepare=listen
+            dsn_or_conn, schema, pool_size=3, job_pool_size=job_connections, prepare=listen
         )
         self._transactions = self.db.job_transaction if self.db.dsn else None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace-period", type=float, default=10.0, metavar="SECONDS")
     worker.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="SECONDS")
     worker.add_argument(
+        "--job-connections",
+        type=int,
+        metavar="N",
+        help="connections for handlers' job transactions (default: concurrency, at most 10)",
+    )
+    worker.add_argument(
         "--stale-after",
         type=float,
         default=30.0,
@@ -208,6 +214,7 @@ def _worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         stale_after=args.stale_after,
         schema=args.schema,
+        job_connections=args.job_connections,
     )
 
     async def run() -> None:
