@@ -121,7 +121,9 @@ def test_job_transactions_share_a_bounded_pool(dsn, conn, concurrency, job_conne
             return all(job(conn, h)["state"] == "completed" for h in holders)
 
         wait_until(all_done, 20, "every job")
-    assert seen == most
+    # the pool opens connections one by one while handlers wait: it may not
+    # reach its bound on a slow machine, and must never pass it
+    assert 1 <= seen <= most
 
 
 def test_job_connections_must_be_positive(dsn):
