@@ -11,6 +11,7 @@ from sqlcalls import add_job, job
 from workerprocs import wait_until, worker_in_thread
 
 import hopper
+from hopper._worker import SETTLE_TIMEOUT
 
 
 def test_a_claim_whose_reply_was_lost_is_released_and_its_job_runs(dsn, conn, caplog):
@@ -48,3 +49,70 @@ def test_a_failed_claim_that_commits_later_is_released_too(dsn, conn):
             # the first claim has committed, to nobody
             wait_until(lambda: job(conn, target)["state"] == "completed", 15, "the job to run")
     assert job(conn, target)["attempts"] == 1
+
+
+def test_a_worker_whose_database_is_out_of_reach_stops_within_the_settle_timeout(dsn, conn, caplog):
+    """The last report cannot be sent and the worker cannot unregister: it gives up
+    after SETTLE_TIMEOUT instead of retrying for many minutes, and says so; the job
+    stays held by its id, for other workers to rescue."""
+    target = add_job(conn, "slow_sync", {"seconds": 1})["id"]
+    caplog.set_level(logging.ERROR, logger="hopper")
+    with Proxy(dsn) as proxy:
+        worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
+        with worker_in_thread(worker):
+            wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
+            proxy.close()  # the database is out of reach from now on
+            time.sleep(1.5)  # the job ends; its outcome cannot be sent
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+    assert took < SETTLE_TIMEOUT + 6, took  # and up to 5 s for the pools to close
+    assert "stopped before 1 outcomes were reported" in caplog.text
+    assert (job(conn, target)["state"], job(conn, target)["locked_by"]) == (
+        "running", worker.worker_id,
+    )  # fmt: skip
+
+
+def test_a_second_stop_ends_the_last_reports_at_once(dsn, conn):
+    target = add_job(conn, "slow_sync", {"seconds": 0.5})["id"]
+    with Proxy(dsn) as proxy:
+        worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
+        with worker_in_thread(worker):
+            wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
+            proxy.close()
+            time.sleep(1)
+            worker._loop.call_soon_threadsafe(worker.stop)
+            time.sleep(0.5)  # into its last reports, which cannot reach the database
+            stopping = time.monotonic()
+            worker._loop.call_soon_threadsafe(worker.stop)  # the second signal
+        took = time.monotonic() - stopping
+    assert took < 6, took  # the pools' closing: up to 5 s
+
+
+def test_a_report_in_flight_when_the_worker_stops_is_sent_again_not_dropped(dsn, conn, connect):
+    """Stopping cancels the reporter while its completion waits for a row lock; the
+    worker's last report must send it again. Dropped, the job would be given back
+    by unregister_worker and run a second time."""
+    target = add_job(conn, "slow_sync", {"seconds": 0.5})["id"]
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
+    holder = connect()
+    with worker_in_thread(worker):
+        wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
+        holder.execute("BEGIN")
+        holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [target])
+        wait_until(lambda: _waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report")
+        worker._loop.call_soon_threadsafe(worker.stop)
+        time.sleep(0.5)  # the reporter is cancelled; the last report waits in turn
+        holder.execute("COMMIT")
+    done = job(conn, target)
+    assert (done["state"], done["attempts"], done["result"]) == ("completed", 1, worker.worker_id)
+
+
+def _waits_for_a_lock(conn, function: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND query LIKE %s",
+            [f"%{function}%"],
+        ).fetchone()["n"]
+        > 0
+    )

@@ -44,6 +44,8 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 # worker of concurrency 500 must not take a server's max_connections (100 by
 # default) from everyone else. A handler beyond it waits for one.
 DEFAULT_JOB_CONNECTIONS = 10
+# Seconds a stopping worker gives its last reports and its unregistering.
+SETTLE_TIMEOUT = 10.0
 # Wakes this long after a firing, so that the database's now() has passed it.
 FIRING_MARGIN = 0.005
 
@@ -132,6 +134,8 @@ class Worker:
         self._batch_limit = concurrency
         self._sending: list[Report] = []  # the outcomes of the report in flight
         self._unknown_releasable = True
+        self._claiming: asyncio.Task[None] | None = None
+        self._settling: asyncio.Task[None] | None = None
 
     # --- control --------------------------------------------------------------
 
@@ -140,6 +144,10 @@ class Worker:
         self._stop_now = self._stop_now or immediately or self._stopping
         self._stopping = True
         self._wake.set()
+        if self._claiming is not None:
+            self._claiming.cancel()
+        if self._stop_now and self._settling is not None:
+            self._settling.cancel()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -166,15 +174,20 @@ class Worker:
         for helper in helpers:
             helper.add_done_callback(self._helper_ended)
         logger.info("worker %s started (concurrency %s)", self.worker_id, self.concurrency)
+        # a task of its own, so that stop() can end a claim that waits for the
+        # database (a job it claimed unseen is given back by unregister_worker)
+        self._claiming = asyncio.create_task(self._claim_until_stopped(), name="claiming")
         try:
-            await self._claim_until_stopped()
+            await asyncio.wait({self._claiming})
+            if not self._claiming.cancelled():
+                self._claiming.result()  # its error, if any, is run()'s
             await self._drain()
         finally:
+            self._claiming.cancel()
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self._report_all()
-            await self._unregister()
+            await self._settle_up()
             await self.db.close()
             logger.info("worker %s stopped", self.worker_id)
         if self._helper_error is not None:
@@ -483,6 +496,11 @@ class Worker:
                 failures = 0
                 if outcomes:
                     self._wake.set()  # finished jobs free queue slots: claim again
+            except asyncio.CancelledError:
+                # the worker stops: its last report sends them again, or they would
+                # be given back by unregister_worker and run again
+                self._outcomes = outcomes + self._outcomes
+                raise
             except psycopg.OperationalError as error:
                 # completion is fenced and idempotent, so sending again is safe
                 self._outcomes = outcomes + self._outcomes
@@ -563,6 +581,29 @@ class Worker:
         if left:
             await asyncio.gather(*(r.task for r in left), return_exceptions=True)
             logger.info("releasing %s unfinished jobs: %s", len(left), [r.job.id for r in left])
+
+    async def _settle_up(self) -> None:
+        """The last reports and the unregistering, within SETTLE_TIMEOUT (a second
+        stop ends them at once): with the database out of reach they would retry
+        for many minutes. What they leave is still held by this worker id, and
+        other workers rescue it after stale_after."""
+        settling = self._settling = asyncio.create_task(self._report_then_unregister())
+        await asyncio.wait({settling}, timeout=SETTLE_TIMEOUT)
+        if settling.done() and not settling.cancelled():
+            settling.result()  # its error, if any, is run()'s
+            return
+        unsent = len(self._outcomes) + len(self._sending)
+        settling.cancel()
+        await asyncio.gather(settling, return_exceptions=True)
+        logger.error(
+            "stopped before %s outcomes were reported and its jobs given back (the"
+            " database out of reach?): other workers rescue them after stale_after",
+            unsent,
+        )  # fmt: skip
+
+    async def _report_then_unregister(self) -> None:
+        await self._report_all()
+        await self._unregister()
 
     async def _unregister(self) -> None:
         """Gives back whatever we still hold (no attempt lost) and retires our id."""
