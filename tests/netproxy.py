@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
-from workerprocs import wait_until
+from workerprocs import a_call_waits_for_a_lock, wait_until
 
 import hopper
 
@@ -95,7 +95,9 @@ def claim_held_before_its_commit(
         holder.execute("BEGIN")
         holder.execute("SELECT FROM hopper._workers WHERE id = %s FOR UPDATE", [worker.worker_id])
         conn.execute("SELECT hopper.set_queue(%s, paused => false)", [queue])
-        wait_until(lambda: _claim_waits(conn), 10, "the claim to wait for the worker's row")
+        wait_until(
+            lambda: a_call_waits_for_a_lock(conn, "get_jobs"), 10, "the claim to wait for the row"
+        )
         try:
             yield
         finally:
@@ -123,18 +125,6 @@ def _state(conn: psycopg.Connection, job_id: int) -> str:
 def _waiting(conn: psycopg.Connection, worker: hopper.Worker) -> bool:
     query = "SELECT waiting FROM hopper._workers WHERE id = %s"
     return _value(conn, query, [worker.worker_id]) is True
-
-
-def _claim_waits(conn: psycopg.Connection) -> bool:
-    return (
-        _value(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database() AND query LIKE '%%get_jobs%%'",
-            [],
-        )
-        > 0
-    )
 
 
 def _value(conn: psycopg.Connection, query: str, params: list) -> Any:

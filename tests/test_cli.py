@@ -9,7 +9,7 @@ import sys
 
 import psycopg
 from sqlcalls import add_job, job
-from workerprocs import TESTS_DIR, wait_until
+from workerprocs import TESTS_DIR, a_call_waits_for_a_lock, wait_until
 
 
 def hopper(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -134,11 +134,7 @@ def test_cancel_that_meets_a_deadlock_is_made_again(dsn, conn):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         wait_until(
-            lambda: conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND datname = current_database() AND pid <> %s",
-                [holder.info.backend_pid],
-            ).fetchone(),
+            lambda: a_call_waits_for_a_lock(conn, "cancel_jobs"),
             30,
             "the cancel to wait for the second job",
         )

@@ -8,7 +8,7 @@ import time
 import worker_tasks
 from netproxy import Proxy, claim_held_before_its_commit, lose_a_claims_reply
 from sqlcalls import add_job, job
-from workerprocs import wait_until, worker_in_thread
+from workerprocs import a_call_waits_for_a_lock, wait_until, worker_in_thread
 
 import hopper
 from hopper._worker import SETTLE_TIMEOUT
@@ -99,20 +99,11 @@ def test_a_report_in_flight_when_the_worker_stops_is_sent_again_not_dropped(dsn,
         wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
         holder.execute("BEGIN")
         holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [target])
-        wait_until(lambda: _waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report")
+        wait_until(
+            lambda: a_call_waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report"
+        )
         worker._loop.call_soon_threadsafe(worker.stop)
         time.sleep(0.5)  # the reporter is cancelled; the last report waits in turn
         holder.execute("COMMIT")
     done = job(conn, target)
     assert (done["state"], done["attempts"], done["result"]) == ("completed", 1, worker.worker_id)
-
-
-def _waits_for_a_lock(conn, function: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database() AND query LIKE %s",
-            [f"%{function}%"],
-        ).fetchone()["n"]
-        > 0
-    )

@@ -88,6 +88,18 @@ def waits_for_lock(conn: psycopg.Connection, session: psycopg.Connection) -> boo
     return row is not None and row[0] == "Lock"
 
 
+def a_call_waits_for_a_lock(conn: psycopg.Connection, function: str) -> bool:
+    """Whether a session of conn's database waits for a lock in a statement that
+    calls function (a worker's, or a command's, whose connection the test lacks)."""
+    with conn.cursor(row_factory=tuple_row) as cursor:
+        row = cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database() AND query LIKE %s",
+            [f"%{function}%"],
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
 def wait_until_blocked(conn: psycopg.Connection, waiter: psycopg.Connection) -> None:
     """Returns once waiter's backend waits for a lock."""
     wait_until(lambda: waits_for_lock(conn, waiter), 5, "the session to wait for a lock")

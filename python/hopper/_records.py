@@ -92,11 +92,10 @@ class Job:
 
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _STATES = {state.value: state for state in JobState}
-# the columns of hopper.jobs, in order, and of hopper.added_job (they and the outcome)
+# the columns of hopper.jobs, in order; hopper.added_job has them and the outcome
 JOB_COLUMNS = _JOB_FIELDS[:-1]
-ADDED_JOB_COLUMNS = _JOB_FIELDS
 # Statements name these columns rather than "*": a column a later migration adds to
 # the record then changes neither what they return nor, once psycopg has prepared
 # them, their result type, which PostgreSQL refuses to see change.
 JOB_SELECT_LIST = ", ".join(f'"{name}"' for name in JOB_COLUMNS)
-ADDED_JOB_SELECT_LIST = ", ".join(f'"{name}"' for name in ADDED_JOB_COLUMNS)
+ADDED_JOB_SELECT_LIST = ", ".join(f'"{name}"' for name in _JOB_FIELDS)

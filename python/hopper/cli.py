@@ -138,15 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"hopper: {error}", file=sys.stderr)
         return 1
-    except psycopg.OperationalError as error:
-        if not _is_connection_failure(error):
-            # a deadlock, say, that kept coming back: the database's own words
-            print(f"hopper: {error.diag.message_primary or error}", file=sys.stderr)
-        else:
-            print(f"hopper: cannot connect to the database: {error}", file=sys.stderr)
-        return 1
     except psycopg.Error as error:
-        print(f"hopper: {error.diag.message_primary or error}", file=sys.stderr)
+        # psycopg files deadlocks and limits under OperationalError too
+        if isinstance(error, psycopg.OperationalError) and _is_connection_failure(error):
+            print(f"hopper: cannot connect to the database: {error}", file=sys.stderr)
+        else:
+            print(f"hopper: {error.diag.message_primary or error}", file=sys.stderr)
         return 1
 
 
