@@ -7,6 +7,7 @@ import time
 
 import pytest
 import worker_tasks
+from psycopg import sql
 from sqlcalls import add_job, job
 from workerprocs import wait_for_listener, wait_until, worker_in_thread
 
@@ -80,6 +81,34 @@ def test_a_serial_queue_runs_back_to_back_not_at_poll_speed(dsn, conn):
         done = "SELECT count(*) AS n FROM hopper.jobs WHERE state = 'completed'"
         took = wait_until(lambda: conn.execute(done).fetchone()["n"] == 20, 20, "20 completions")
         assert took < 1.0, took
+
+
+def test_a_worker_told_of_each_job_claims_once_per_job(dsn, conn):
+    """While its last claim came up short, the database counts the worker waiting
+    and notifies it of whatever becomes claimable, so neither a job's end nor its
+    report needs a claim of its own: that was three claims a job at low load."""
+    conn.execute(sql.SQL("ALTER DATABASE {} SET track_functions = 'pl'").format(
+        sql.Identifier(conn.info.dbname)))  # fmt: skip
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=4, poll_interval=30)
+    with worker_in_thread(worker):
+        wait_for_listener(conn)
+        time.sleep(0.2)
+        for _ in range(30):
+            add_job(conn, "echo", {})
+            time.sleep(0.01)
+        done = "SELECT count(*) AS n FROM hopper.jobs WHERE state = 'completed'"
+        wait_until(lambda: conn.execute(done).fetchone()["n"] == 30, 10, "30 completions")
+    # a backend's function counts reach the statistics when it exits at the latest
+    backends = (
+        "SELECT count(*) AS n FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name LIKE 'hopper%%'"
+    )
+    wait_until(lambda: conn.execute(backends).fetchone()["n"] == 0, 10, "the backends to exit")
+    claims = conn.execute(
+        "SELECT calls AS n FROM pg_stat_user_functions"
+        " WHERE schemaname = 'hopper' AND funcname = 'get_jobs'"
+    ).fetchone()["n"]
+    assert 30 <= claims < 2 * 30, claims
 
 
 def test_a_full_worker_told_of_new_jobs_waits_without_spinning(dsn, conn):

@@ -136,6 +136,9 @@ class Worker:
         self._unknown_releasable = True
         self._claiming: asyncio.Task[None] | None = None
         self._settling: asyncio.Task[None] | None = None
+        # our last claim came up short, so the database counts us waiting and
+        # notifies us of whatever becomes claimable
+        self._notified_when_claimable = False
 
     # --- control --------------------------------------------------------------
 
@@ -245,9 +248,11 @@ class Worker:
                 jobs = await self._claim(free) if free > 0 else []
                 failures = 0
             except psycopg.errors.ObjectNotInPrerequisiteState:
+                self._notified_when_claimable = False
                 await self._identity_lost()
                 continue
             except psycopg.OperationalError as error:
+                self._notified_when_claimable = False
                 release_at = 0.0  # the claim may have committed: see _release_unknown_jobs
                 failures += 1
                 await self._sleep_after_failure("claim", error, failures)
@@ -265,9 +270,12 @@ class Worker:
         while True:
             size = min(batch_size, self._batch_limit)
             try:
-                return await self.db.claim(self.worker_id, self.tasks.names(), size)
+                jobs = await self.db.claim(self.worker_id, self.tasks.names(), size)
             except psycopg.errors.ProgramLimitExceeded as error:
                 self._lower_batch_limit(size, error)
+                continue
+            self._notified_when_claimable = self.listen and len(jobs) < size
+            return jobs
 
     async def _release_unknown_jobs(self) -> None:
         """A claim can commit while its reply is lost (the network failed after
@@ -354,7 +362,16 @@ class Worker:
         if self._running.pop(job.id, None) is not None:
             self._outcomes.append(outcome)
             self._reported.set()
-        self._wake.set()
+        self._room_made()
+
+    def _room_made(self) -> None:
+        """A job that finished frees a slot, and its report a queue's slot. While
+        the database counts us waiting, what that makes claimable notifies us (a
+        freed queue slot too), and claiming at every end as well cost two claims more
+        per job at low load. Otherwise only this makes us claim again; a drain waits
+        for it."""
+        if self._stopping or not self._notified_when_claimable:
+            self._wake.set()
 
     def _progress_from_any_thread(self, job_id: int, percent: int) -> None:
         assert self._loop is not None
@@ -495,7 +512,7 @@ class Worker:
                 await self._send(outcomes, progress)
                 failures = 0
                 if outcomes:
-                    self._wake.set()  # finished jobs free queue slots: claim again
+                    self._room_made()
             except asyncio.CancelledError:
                 # the worker stops: its last report sends them again, or they would
                 # be given back by unregister_worker and run again
