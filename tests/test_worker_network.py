@@ -107,3 +107,36 @@ def test_a_report_in_flight_when_the_worker_stops_is_sent_again_not_dropped(dsn,
         holder.execute("COMMIT")
     done = job(conn, target)
     assert (done["state"], done["attempts"], done["result"]) == ("completed", 1, worker.worker_id)
+
+
+def test_a_completion_whose_reply_was_lost_is_sent_again_and_logged_as_such(
+    dsn, conn, connect, caplog
+):
+    """The completion commits, its reply is lost, the worker sends it again: the
+    job is no longer held, because the first try completed it. The log says so,
+    not that the job was taken from the worker."""
+    target = add_job(conn, "slow_sync", {"seconds": 0.3})["id"]
+    caplog.set_level(logging.INFO, logger="hopper")
+    holder = connect()
+    with Proxy(dsn) as proxy:
+        worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
+        with worker_in_thread(worker):
+            wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
+            holder.execute("BEGIN")
+            holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [target])
+            wait_until(
+                lambda: a_call_waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report"
+            )
+            proxy.losing_replies.set()
+            holder.execute("COMMIT")
+            wait_until(lambda: job(conn, target)["state"] == "completed", 10, "the completion")
+            proxy.cut()
+            proxy.losing_replies.clear()
+            wait_until(lambda: "sent again" in caplog.text, 10, "the completion sent again")
+    done = job(conn, target)
+    assert (done["state"], done["attempts"]) == ("completed", 1)
+    assert (
+        f"completion sent again not applied, jobs no longer held: [{target}] (most likely"
+        " the earlier try, whose reply was lost, completed them)"
+    ) in caplog.text
+    assert "completion refused" not in caplog.text

@@ -133,6 +133,8 @@ class Worker:
         # refuses a call (a concurrency above it)
         self._batch_limit = concurrency
         self._sending: list[Report] = []  # the outcomes of the report in flight
+        # jobs whose report failed on the way: it may have committed all the same
+        self._maybe_reported: set[int] = set()
         self._unknown_releasable = True
         self._claiming: asyncio.Task[None] | None = None
         self._settling: asyncio.Task[None] | None = None
@@ -511,6 +513,7 @@ class Worker:
             try:
                 await self._send(outcomes, progress)
                 failures = 0
+                self._maybe_reported.difference_update(o.job_id for o in outcomes)
                 if outcomes:
                     self._room_made()
             except asyncio.CancelledError:
@@ -521,6 +524,7 @@ class Worker:
             except psycopg.OperationalError as error:
                 # completion is fenced and idempotent, so sending again is safe
                 self._outcomes = outcomes + self._outcomes
+                self._maybe_reported.update(o.job_id for o in outcomes)
                 failures += 1
                 if failures > 30:
                     logger.error("%s outcomes unsent after 30 tries: %s", len(outcomes), error)
@@ -567,12 +571,23 @@ class Worker:
             accepted = {job_id for batch in batches for job_id in batch}
             refused = [o.job_id for o in completed if o.job_id not in accepted]
             if refused:
-                # rescued, unlocked or retried meanwhile: they run (or ran) elsewhere
-                logger.warning("completion refused, jobs no longer held: %s", refused)
+                self._log_refused_completions(refused)
         if failed:
             await self._in_batches(partial(self.db.fail, self.worker_id, permanent=False), failed)
         if doomed:
             await self._in_batches(partial(self.db.fail, self.worker_id, permanent=True), doomed)
+
+    def _log_refused_completions(self, refused: list[int]) -> None:
+        again = [job_id for job_id in refused if job_id in self._maybe_reported]
+        if again:
+            logger.info(
+                "completion sent again not applied, jobs no longer held: %s (most likely"
+                " the earlier try, whose reply was lost, completed them)", again
+            )  # fmt: skip
+        if len(again) < len(refused):
+            # rescued, unlocked or retried meanwhile: they run (or ran) elsewhere
+            others = [job_id for job_id in refused if job_id not in self._maybe_reported]
+            logger.warning("completion refused, jobs no longer held: %s", others)
 
     # --- shutting down -------------------------------------------------------------
 
