@@ -3,6 +3,7 @@ killed backends and a server restart, hung handlers, a long open transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -11,7 +12,9 @@ import psycopg
 import pytest
 import worker_tasks
 from psycopg.types.json import Jsonb
-from workerprocs import WorkerProcess, scalar, wait_until
+from workerprocs import WorkerProcess, scalar, wait_until, worker_in_thread
+
+import hopper
 
 FAST_LIVENESS = ("--heartbeat-interval", "0.5", "--stale-after", "2", "--poll-interval", "0.5")
 
@@ -83,6 +86,31 @@ def test_sigstopped_worker_woken_after_rescue_changes_nothing(dsn, workers):
     for process in (sleeper, other):
         process.signal()
         assert process.wait() == 0
+
+
+def test_a_retirement_learnt_twice_gives_one_new_id(dsn, conn):
+    """The claim loop and the heartbeat can both have a call in flight under the old
+    id when it is retired (as after a SIGSTOP), and both hear 55000. The second to
+    hear it must not take another new id: the worker would leave the first
+    registered (until a rescue) and drop what it had claimed under it."""
+    worker = hopper.Worker(
+        dsn, worker_tasks.tasks, concurrency=2, poll_interval=0.1, heartbeat_interval=0.2
+    )
+    live = "SELECT array_agg(id) AS ids FROM hopper._workers WHERE retired_at IS NULL"
+    with worker_in_thread(worker):
+        first = worker.worker_id
+        wait_until(lambda: conn.execute(live).fetchone()["ids"] == [first], 10, "registration")
+        conn.execute("UPDATE hopper._workers SET retired_at = now() WHERE id = %s", [first])
+        wait_until(
+            lambda: conn.execute(live).fetchone()["ids"] not in (None, [first]), 10, "a new id"
+        )
+        second = worker.worker_id
+        # the other loop's reply, late
+        asyncio.run_coroutine_threadsafe(worker._identity_lost(first), worker._loop).result(5)
+        assert worker.worker_id == second
+        assert conn.execute(live).fetchone()["ids"] == [second]
+        added = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
+        wait_until(lambda: job_row(dsn, added)[0] == "completed", 10, "a job under the new id")
 
 
 def hopper_backends(dsn: str) -> list[int]:

@@ -243,6 +243,7 @@ class Worker:
             # when full, only a finishing job makes room, and it sets _wake: a
             # notification heard meanwhile must not turn the wait into a busy loop
             self._wake.clear()
+            worker_id = self.worker_id
             try:
                 if clock() >= release_at:
                     await self._release_unknown_jobs()
@@ -251,7 +252,7 @@ class Worker:
                 failures = 0
             except psycopg.errors.ObjectNotInPrerequisiteState:
                 self._notified_when_claimable = False
-                await self._identity_lost()
+                await self._identity_lost(worker_id)
                 continue
             except psycopg.OperationalError as error:
                 self._notified_when_claimable = False
@@ -411,8 +412,9 @@ class Worker:
         """Heartbeat, pick up cancellation requests, and rescue dead workers' jobs."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            worker_id = self.worker_id
             try:
-                for job_id in await self.db.heartbeat(self.worker_id):
+                for job_id in await self.db.heartbeat(worker_id):
                     self._cancel_requested(job_id)
                 rescued = await self.db.rescue(self.stale_after)
                 if rescued:
@@ -421,7 +423,7 @@ class Worker:
                     )
                     self._wake.set()
             except psycopg.errors.ObjectNotInPrerequisiteState:
-                await self._identity_lost()
+                await self._identity_lost(worker_id)
             except psycopg.OperationalError as error:
                 logger.warning("heartbeat failed (%s)", error)
 
@@ -474,9 +476,12 @@ class Worker:
             logger.warning("enqueueing due schedules failed (%s)", error)
         return True
 
-    async def _identity_lost(self) -> None:
+    async def _identity_lost(self, retired_id: str) -> None:
         """Our id was retired (we looked dead): our jobs run elsewhere now, so drop
-        them here and carry on under a new id."""
+        them here and carry on under a new id. The claim loop and the heartbeat can
+        both learn it at once; the second must not drop what the new id claimed."""
+        if retired_id != self.worker_id:
+            return
         old = self.worker_id
         self.worker_id = new_worker_id()
         lost = list(self._running.values())
