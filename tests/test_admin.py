@@ -132,6 +132,65 @@ def test_prune_respects_retention_per_state(conn):
     assert {r["id"] for r in conn.execute("SELECT id FROM hopper.jobs")} == {active}
 
 
+FINISHED_AGO = """
+INSERT INTO hopper._jobs (task_identifier, state, finished_at)
+SELECT %(state)s, %(state)s, now() - %(age)s::interval - make_interval(secs => i)
+FROM generate_series(1, %(n)s) AS i RETURNING id
+"""
+
+
+def finished(conn, state: str, age: str, n: int = 1) -> list[int]:
+    rows = conn.execute(FINISHED_AGO, {"state": state, "age": age, "n": n}).fetchall()
+    return [r["id"] for r in rows]
+
+
+def kept_ids(conn) -> set[int]:
+    return {r["id"] for r in conn.execute("SELECT id FROM hopper.jobs")}
+
+
+def test_prune_expired_deletes_what_retention_ends_oldest_first_in_batches(conn):
+    old_completed = finished(conn, "completed", "2 days", 5)  # past 1 day: 5 s apart
+    old_cancelled = finished(conn, "cancelled", "40 days")
+    kept = finished(conn, "failed", "2 days") + finished(conn, "completed", "1 hour")
+    active = add_job(conn, "active")["id"]
+    assert call_one(conn, "prune_expired", 2)["prune_expired"] == 2
+    gone = set(old_completed + old_cancelled) - kept_ids(conn)
+    assert gone == {old_cancelled[0], old_completed[-1]}  # the two oldest
+    assert call_one(conn, "prune_expired")["prune_expired"] == 4
+    assert call_one(conn, "prune_expired")["prune_expired"] == 0
+    assert kept_ids(conn) == {*kept, active}
+
+
+def test_prune_expired_skips_jobs_another_session_holds(conn, connect):
+    held, _other = finished(conn, "completed", "2 days", 2)
+    holder = connect()
+    holder.execute("BEGIN")
+    holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [held])
+    assert call_one(conn, "prune_expired")["prune_expired"] == 1  # no wait for the lock
+    holder.execute("ROLLBACK")
+    assert kept_ids(conn) == {held}
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "error", "message"),
+    [
+        (
+            0,
+            psycopg.errors.InvalidParameterValue,
+            r"prune_expired: batch_size must be at least 1 \(got 0\)",
+        ),
+        (None, psycopg.errors.NullValueNotAllowed, "prune_expired: batch_size must not be null"),
+    ],
+)
+def test_prune_expired_refuses_a_bad_batch_size_and_deletes_nothing(
+    conn, batch_size, error, message
+):
+    finished(conn, "completed", "2 days")
+    with pytest.raises(error, match=message):
+        call(conn, "prune_expired", batch_size)
+    assert conn.execute("SELECT count(*) AS n FROM hopper.jobs").fetchone()["n"] == 1
+
+
 def test_force_unlock_of_a_job_with_no_attempt_left_fails_it(conn):
     target = add_job(conn, "t", max_attempts=1)["id"]
     claim(conn, "dead")

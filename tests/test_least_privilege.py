@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import psycopg
@@ -24,6 +25,7 @@ WORKER = PRODUCER | {
     "complete_claimed_jobs", "complete_claimed_job_ids", "fail_job", "fail_claimed_jobs",
     "release_jobs", "release_unknown_jobs",
     "rescue_stale_jobs", "set_progress", "enqueue_due_schedules", "next_schedule_firing",
+    "prune_expired",
 }  # fmt: skip
 
 # one harmless call per operation; "me" is replaced by the role's name
@@ -58,6 +60,7 @@ OPERATIONS = {
     "remove_job": "SELECT hopper.remove_job('k')",
     "force_unlock_workers": "SELECT hopper.force_unlock_workers(ARRAY['x'])",
     "prune": "SELECT hopper.prune()",
+    "prune_expired": "SELECT hopper.prune_expired()",
     "set_setting": "SELECT hopper.set_setting('max_batch_size', '10')",
     "get_setting": "SELECT hopper.get_setting('max_batch_size')",
     "set_queue": "SELECT hopper.set_queue('q')",
@@ -211,3 +214,21 @@ def test_a_worker_whose_heartbeat_fails_for_good_stops_and_says_why(dsn, roles, 
             "SELECT retired_at IS NOT NULL FROM hopper._workers WHERE id = %s", [worker.worker_id]
         ).fetchone()
     assert retired == (True,)  # it unregistered on its way out
+
+
+def test_a_worker_role_without_prune_expired_warns_and_runs_jobs(dsn, roles, caplog):
+    """A role granted before prune_expired existed: its worker warns once that
+    finished jobs stay, and runs jobs all the same."""
+    worker_role = next(role for role in roles if role.startswith("worker_"))
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as owner:
+        owner.execute(f"REVOKE EXECUTE ON FUNCTION hopper.prune_expired FROM {worker_role}")
+        caplog.set_level(logging.WARNING, logger="hopper")
+        worker = hopper.Worker(
+            make_conninfo(dsn, user=worker_role), worker_tasks.tasks, prune_interval=0.1
+        )
+        with worker_in_thread(worker):
+            wait_until(lambda: "may not call prune_expired" in caplog.text, 10, "the warning")
+            target = add_job(owner, "echo", {})["id"]
+            wait_until(lambda: job(owner, target)["state"] == "completed", 10, "the job")
+            time.sleep(0.3)
+    assert caplog.text.count("may not call prune_expired") == 1

@@ -1,4 +1,5 @@
-"""prune reads the finished jobs past the retention bound, not every finished job kept."""
+"""prune and prune_expired read the finished jobs past the retention bound, not every
+finished job kept."""
 
 from __future__ import annotations
 
@@ -42,3 +43,22 @@ def test_prune_reads_only_jobs_past_the_bound(conn):
     pending = conn.execute("SELECT id FROM hopper._jobs WHERE state = 'pending'").fetchall()
     assert pending == [{"id": active}]
     assert call_one(conn, "prune", "1 day")["prune"] == 20
+
+
+def test_prune_expired_reads_only_jobs_past_the_bound(conn):
+    conn.execute(FINISHED, {"n": 30_000, "age": "1 hour"})  # within every retention
+    conn.execute(FINISHED, {"n": 30, "age": "2 days"})
+    conn.execute(FINISHED, {"n": 30, "age": "40 days"})
+    conn.execute("ANALYZE hopper._jobs")
+
+    query = "SELECT hopper.prune_expired(15) AS n"
+    plans = statement_plans(conn, query, None, "hopper.prune_expired(")
+    delete = plan_with(plans, "Delete on _jobs")
+    print(
+        f"\nprune_expired with 30,000 finished jobs kept, buffers {shared_buffers_touched(delete)}:"
+    )
+    print(delete)
+    assert "Index Cond: (finished_at <" in delete, delete
+    assert shared_buffers_touched(delete) <= 200, delete
+    assert call_one(conn, "prune_expired")["prune_expired"] == 30 + 10 - 15
+    assert call_one(conn, "prune_expired")["prune_expired"] == 0

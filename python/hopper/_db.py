@@ -201,6 +201,11 @@ class Database:
         query = self.call("rescue_stale_jobs", "make_interval(secs => %s)", JOB_SELECT_LIST)
         return [Job.from_row(row) for row in await self.rows(query, [stale_after])]
 
+    async def prune_expired(self, batch_size: int) -> int:
+        """Deletes up to batch_size finished jobs past their retention; the count."""
+        query = self.call("prune_expired", "%s")
+        return int((await self.rows(query, [batch_size], tuple_row))[0][0])
+
     async def enqueue_due_schedules(self) -> int:
         """How many jobs the schedules' due firings added."""
         rows = await self.rows(self.call("enqueue_due_schedules", "", "count(*) AS added"), [])

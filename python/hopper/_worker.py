@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import uuid
@@ -39,6 +40,8 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # a job added in a transaction that began before the worker's short claim
 # made it "waiting" sends no NOTIFY (see _notify_jobs).
 FIRST_IDLE_POLL = 0.05
+# finished jobs a worker deletes per call when it applies the retention settings
+PRUNE_BATCH = 10_000
 CANCELLED_BY_REQUEST = "cancelled by request"
 # The most connections handlers' job transactions hold at once, unless told: a
 # worker of concurrency 500 must not take a server's max_connections (100 by
@@ -85,6 +88,7 @@ class Worker:
         schema: str = "hopper",
         worker_id: str | None = None,
         job_connections: int | None = None,
+        prune_interval: float | None = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
@@ -100,6 +104,10 @@ class Worker:
         ):
             if not seconds > 0:
                 raise ValueError(f"{name} must be more than 0 seconds (got {seconds})")
+        if prune_interval is not None and not prune_interval > 0:
+            raise ValueError(
+                f"prune_interval must be more than 0 seconds, or None (got {prune_interval})"
+            )
         if not grace_period >= 0:
             raise ValueError(f"grace_period must not be negative (got {grace_period})")
         if stale_after <= heartbeat_interval:
@@ -111,6 +119,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = stale_after
         self.schedule_interval = schedule_interval
+        self.prune_interval = prune_interval
         self._firings_readable = True
         self._schedules_changed = asyncio.Event()
         self.worker_id = worker_id or new_worker_id()
@@ -163,6 +172,8 @@ class Worker:
             asyncio.create_task(self._heartbeat_forever(), name="heartbeat"),
             asyncio.create_task(self._enqueue_schedules_forever(), name="schedules"),
         ]
+        if self.prune_interval is not None:
+            helpers.append(asyncio.create_task(self._prune_forever(), name="pruning"))
         if self.listen and self.db.dsn:
             helpers.append(
                 asyncio.create_task(
@@ -475,6 +486,29 @@ class Worker:
         except psycopg.OperationalError as error:
             logger.warning("enqueueing due schedules failed (%s)", error)
         return True
+
+    async def _prune_forever(self) -> None:
+        """Applies the retention settings: deletes finished jobs past them, PRUNE_BATCH
+        at a time, every prune_interval, and batch after batch while a backlog lasts
+        (a first run, a shortened retention). The first call comes at a random point
+        of the first interval, so that workers started together spread out."""
+        assert self.prune_interval is not None
+        await asyncio.sleep(random.uniform(0, self.prune_interval))
+        while True:
+            try:
+                pruned = await self.db.prune_expired(PRUNE_BATCH)
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction):
+                _warn_ungranted(
+                    "prune_expired",
+                    "finished jobs past their retention stay until someone calls prune()",
+                )
+                return
+            except psycopg.Error as error:
+                # pruning can wait; running jobs cannot
+                logger.warning("pruning finished jobs failed (%s)", error)
+                pruned = 0
+            if pruned < PRUNE_BATCH:
+                await asyncio.sleep(self.prune_interval)
 
     async def _identity_lost(self, retired_id: str) -> None:
         """Our id was retired (we looked dead): our jobs run elsewhere now, so drop

@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         help="rescue jobs of workers silent this long (default 30)",
     )
     worker.add_argument(
+        "--prune-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="delete finished jobs past their retention this often (default 60)",
+    )
+    worker.add_argument(
+        "--no-prune", action="store_true", help="leave finished jobs for prune() to delete"
+    )
+    worker.add_argument(
         "--crontab",
         metavar="FILE",
         help="sync this crontab (graphile-worker's format) into the schedules first",
@@ -212,6 +222,7 @@ def _worker(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         schema=args.schema,
         job_connections=args.job_connections,
+        prune_interval=None if args.no_prune else args.prune_interval,
     )
 
     async def run() -> None:

@@ -263,6 +263,32 @@ BEGIN
 END
 $$;
 
+-- The finished_at bounds below which completed jobs, and failed or cancelled
+-- ones, are past their retention; with older_than, both are now() - older_than.
+CREATE OR REPLACE FUNCTION hopper._retention_bounds(
+    fn text,
+    older_than interval,
+    OUT completed_before timestamptz,
+    OUT failed_before timestamptz
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF older_than < interval '0' THEN
+        PERFORM hopper._raise(fn, '22023', format(
+            'older_than must not be negative (got %s)', older_than
+        ));
+    END IF;
+    completed_before := now() - coalesce(
+        older_than, hopper._setting('completed_retention')::interval
+    );
+    failed_before := now() - coalesce(
+        older_than, hopper._setting('failed_retention')::interval
+    );
+END
+$$;
+
 -- Deletes finished jobs past their retention (or, with older_than, every
 -- finished job that finished before now() - older_than). Returns the count.
 -- The bound on finished_at lets the delete read jobs_finished_at from its
@@ -273,28 +299,62 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    completed_before timestamptz;
-    failed_before timestamptz;
+    bounds record;
     pruned bigint;
 BEGIN
-    IF older_than < interval '0' THEN
-        PERFORM hopper._raise('prune', '22023', format(
-            'older_than must not be negative (got %s)', older_than
-        ));
-    END IF;
-    completed_before := now() - coalesce(
-        older_than, hopper._setting('completed_retention')::interval
-    );
-    failed_before := now() - coalesce(
-        older_than, hopper._setting('failed_retention')::interval
-    );
+    bounds := hopper._retention_bounds('prune', older_than);
     -- finished_at is set exactly on finished jobs (jobs_state_consistent)
     DELETE FROM hopper._jobs AS j
-    WHERE j.finished_at < greatest(completed_before, failed_before)
+    WHERE j.finished_at < greatest(bounds.completed_before, bounds.failed_before)
         AND j.finished_at < CASE j.state
-            WHEN 'completed' THEN completed_before
-            ELSE failed_before
+            WHEN 'completed' THEN bounds.completed_before
+            ELSE bounds.failed_before
         END;
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
+END
+$$;
+
+-- What workers call to apply the retention settings: deletes up to batch_size
+-- finished jobs past their retention, oldest first, and returns the count. It
+-- skips jobs another session holds, so workers pruning at once neither wait
+-- for each other nor for a retry_jobs, and a backlog goes in short
+-- transactions. It deletes nothing that prune() would keep, which is why a
+-- worker may call it. A worker's session keeps its plan for good, and one made
+-- while few jobs were kept must not read every finished job later: hence the
+-- hot functions' settings.
+CREATE OR REPLACE FUNCTION hopper.prune_expired(batch_size integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- see "Settings of the hot entry points" in _helpers.sql
+SET plan_cache_mode = force_generic_plan
+SET jit = off
+SET enable_seqscan = off
+AS $$
+DECLARE
+    bounds record;
+    pruned bigint;
+BEGIN
+    PERFORM hopper._check_required('prune_expired', 'batch_size', batch_size IS NULL);
+    IF batch_size < 1 THEN
+        PERFORM hopper._raise('prune_expired', '22023', format(
+            'batch_size must be at least 1 (got %s)', batch_size
+        ));
+    END IF;
+    bounds := hopper._retention_bounds('prune_expired', NULL);
+    DELETE FROM hopper._jobs AS j
+    WHERE j.ctid = any(ARRAY(
+        SELECT e.ctid FROM hopper._jobs AS e
+        WHERE e.finished_at < greatest(bounds.completed_before, bounds.failed_before)
+            AND e.finished_at < CASE e.state
+                WHEN 'completed' THEN bounds.completed_before
+                ELSE bounds.failed_before
+            END
+        ORDER BY e.finished_at
+        LIMIT batch_size
+        FOR UPDATE SKIP LOCKED
+    ));
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END

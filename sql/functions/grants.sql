@@ -51,7 +51,7 @@ BEGIN
             'heartbeat', 'get_jobs', 'get_job', 'complete_job', 'complete_claimed_jobs',
             'complete_claimed_job_ids', 'fail_job', 'fail_claimed_jobs', 'release_jobs',
             'release_unknown_jobs', 'rescue_stale_jobs', 'set_progress', 'enqueue_due_schedules',
-            'next_schedule_firing'
+            'next_schedule_firing', 'prune_expired'
         ]
     );
 END
