@@ -113,6 +113,20 @@ def test_a_retirement_learnt_twice_gives_one_new_id(dsn, conn):
         wait_until(lambda: job_row(dsn, added)[0] == "completed", 10, "a job under the new id")
 
 
+def test_a_handler_that_swallows_its_cancellation_does_not_keep_the_worker_from_stopping(dsn, conn):
+    """After the grace period the worker cancels what still runs, and cancels again
+    until it ends: one cancellation can be lost (Python 3.11's asyncio.wait_for, in
+    a handler or in psycopg_pool), and the worker waited for the handler for good."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, grace_period=0.2)
+    with worker_in_thread(worker):
+        target = scalar(dsn, "SELECT id FROM hopper.add_job('stubborn', '{}')")
+        wait_until(lambda: job_row(dsn, target)[0] == "running", 10, "the job to start")
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    assert took < 3, took
+    assert job_row(dsn, target)[:2] == ("pending", 0)  # released, no attempt counted
+
+
 def hopper_backends(dsn: str) -> list[int]:
     with psycopg.connect(dsn) as conn:
         return [

@@ -53,3 +53,15 @@ def test_a_prune_interval_must_be_more_than_zero(dsn, interval):
     message = f"prune_interval must be more than 0 seconds, or None (got {interval})"
     with pytest.raises(ValueError, match=re.escape(message)):
         hopper.Worker(dsn, worker_tasks.tasks, prune_interval=interval)
+
+
+def test_a_cli_worker_with_no_prune_keeps_them(dsn, conn, tmp_path):
+    conn.execute("SELECT hopper.set_setting('completed_retention', '0.1 seconds')")
+    finish_three_jobs(conn)
+    worker = WorkerProcess(dsn, tmp_path, "keeper", "--prune-interval", "0.1", "--no-prune")
+    try:
+        time.sleep(1)
+    finally:
+        worker.signal()
+        assert worker.wait() == 0
+    assert len(conn.execute(KEPT).fetchall()) == 3

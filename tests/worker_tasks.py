@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -89,6 +90,15 @@ async def slow(payload: dict, job: hopper.JobContext) -> str:
     await record_execution(job, "start")
     await asyncio.sleep(payload.get("seconds", 30))
     return job.worker_id
+
+
+@tasks.task("stubborn")
+async def stubborn(payload: dict, job: hopper.JobContext) -> None:
+    """Swallows its first cancellation, as asyncio.wait_for can on Python 3.11 when
+    what it awaits completes at that moment, and ends at the second."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(30)
+    await asyncio.sleep(30)
 
 
 @tasks.task("slow_sync")

@@ -11,10 +11,10 @@ import random
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -49,6 +49,8 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 DEFAULT_JOB_CONNECTIONS = 10
 # Seconds a stopping worker gives its last reports and its unregistering.
 SETTLE_TIMEOUT = 10.0
+# Seconds a stopping worker waits for a cancelled handler (or helper) to end.
+CANCEL_PATIENCE = 5.0
 # Wakes this long after a firing, so that the database's now() has passed it.
 FIRING_MARGIN = 0.005
 
@@ -142,7 +144,7 @@ class Worker:
         # refuses a call (a concurrency above it)
         self._batch_limit = concurrency
         self._sending: list[Report] = []  # the outcomes of the report in flight
-        # jobs whose report failed on the way: it may have committed all the same
+        # jobs whose completion failed on the way: it may have committed all the same
         self._maybe_reported: set[int] = set()
         self._unknown_releasable = True
         self._claiming: asyncio.Task[None] | None = None
@@ -200,9 +202,9 @@ class Worker:
             await self._drain()
         finally:
             self._claiming.cancel()
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            stuck = await cancel_and_wait(helpers)
+            if stuck:
+                logger.error("helpers did not stop: %s", [h.get_name() for h in stuck])
             await self._settle_up()
             await self.db.close()
             logger.info("worker %s stopped", self.worker_id)
@@ -552,7 +554,6 @@ class Worker:
             try:
                 await self._send(outcomes, progress)
                 failures = 0
-                self._maybe_reported.difference_update(o.job_id for o in outcomes)
                 if outcomes:
                     self._room_made()
             except asyncio.CancelledError:
@@ -563,7 +564,7 @@ class Worker:
             except psycopg.OperationalError as error:
                 # completion is fenced and idempotent, so sending again is safe
                 self._outcomes = outcomes + self._outcomes
-                self._maybe_reported.update(o.job_id for o in outcomes)
+                self._maybe_reported.update(o.job_id for o in outcomes if isinstance(o, Completed))
                 failures += 1
                 if failures > 30:
                     logger.error("%s outcomes unsent after 30 tries: %s", len(outcomes), error)
@@ -611,6 +612,7 @@ class Worker:
             refused = [o.job_id for o in completed if o.job_id not in accepted]
             if refused:
                 self._log_refused_completions(refused)
+            self._maybe_reported.difference_update(o.job_id for o in completed)
         if failed:
             await self._in_batches(partial(self.db.fail, self.worker_id, permanent=False), failed)
         if doomed:
@@ -648,9 +650,13 @@ class Worker:
         self._running.clear()
         for running in left:
             running.context.cancelled.set()
-            running.task.cancel()
         if left:
-            await asyncio.gather(*(r.task for r in left), return_exceptions=True)
+            stuck = await cancel_and_wait([r.task for r in left])
+            if stuck:
+                logger.warning(
+                    "%s handlers ignored their cancellation; their jobs are released all"
+                    " the same and may run again elsewhere while they go on", len(stuck)
+                )  # fmt: skip
             logger.info("releasing %s unfinished jobs: %s", len(left), [r.job.id for r in left])
 
     async def _settle_up(self) -> None:
@@ -664,8 +670,7 @@ class Worker:
             settling.result()  # its error, if any, is run()'s
             return
         unsent = len(self._outcomes) + len(self._sending)
-        settling.cancel()
-        await asyncio.gather(settling, return_exceptions=True)
+        await cancel_and_wait([settling])
         logger.error(
             "stopped before %s outcomes were reported and its jobs given back (the"
             " database out of reach?): other workers rescue them after stale_after",
@@ -684,6 +689,31 @@ class Worker:
                 return
             except psycopg.OperationalError as error:
                 await self._sleep_after_failure("unregister", error, failures)
+
+
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any]], patience: float = CANCEL_PATIENCE
+) -> set[asyncio.Task[Any]]:
+    """Cancels tasks and waits for them to end, cancelling again every 0.1 s, up to
+    patience seconds; returns those still running. A single cancel is not enough:
+    on Python 3.11, asyncio.wait_for (with which psycopg_pool waits for a free
+    connection) returns normally when what it awaits completes as the cancellation
+    comes, and the task goes on; a handler may swallow it too. A worker stopped
+    while its helpers waited for the pool's first connections hung for good."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    deadline = asyncio.get_running_loop().time() + patience
+    while pending:
+        for task in pending:
+            task.cancel()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, remaining))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: it was logged where it mattered
+    return pending
 
 
 def _warn_ungranted(function: str, consequence: str) -> None:
