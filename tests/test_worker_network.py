@@ -14,6 +14,15 @@ import hopper
 from hopper._worker import SETTLE_TIMEOUT
 
 
+def hold_its_completion(conn, holder, job_id: int) -> None:
+    """Once the job runs, holder locks its row; returns when the worker's report
+    of it waits for that lock (the completion goes on when holder ends)."""
+    wait_until(lambda: job(conn, job_id)["state"] == "running", 10, "the job to start")
+    holder.execute("BEGIN")
+    holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [job_id])
+    wait_until(lambda: a_call_waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report")
+
+
 def test_a_claim_whose_reply_was_lost_is_released_and_its_job_runs(dsn, conn, caplog):
     """The claim commits, its reply never comes, the connection fails: the job is
     locked by a worker that heartbeats, so no rescue would ever free it. The worker
@@ -96,12 +105,7 @@ def test_a_report_in_flight_when_the_worker_stops_is_sent_again_not_dropped(dsn,
     worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
     holder = connect()
     with worker_in_thread(worker):
-        wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
-        holder.execute("BEGIN")
-        holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [target])
-        wait_until(
-            lambda: a_call_waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report"
-        )
+        hold_its_completion(conn, holder, target)
         worker._loop.call_soon_threadsafe(worker.stop)
         time.sleep(0.5)  # the reporter is cancelled; the last report waits in turn
         holder.execute("COMMIT")
@@ -121,12 +125,7 @@ def test_a_completion_whose_reply_was_lost_is_sent_again_and_logged_as_such(
     with Proxy(dsn) as proxy:
         worker = hopper.Worker(proxy.dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.2)
         with worker_in_thread(worker):
-            wait_until(lambda: job(conn, target)["state"] == "running", 10, "the job to start")
-            holder.execute("BEGIN")
-            holder.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [target])
-            wait_until(
-                lambda: a_call_waits_for_a_lock(conn, "complete_claimed_job_ids"), 10, "the report"
-            )
+            hold_its_completion(conn, holder, target)
             proxy.losing_replies.set()
             holder.execute("COMMIT")
             wait_until(lambda: job(conn, target)["state"] == "completed", 10, "the completion")
