@@ -123,7 +123,7 @@ def test_a_handler_that_swallows_its_cancellation_does_not_keep_the_worker_from_
         wait_until(lambda: job_row(dsn, target)[0] == "running", 10, "the job to start")
         stopping = time.monotonic()
     took = time.monotonic() - stopping
-    assert took < 3, took
+    assert took < 10, took  # the handler sleeps 30 s more if not cancelled again
     assert job_row(dsn, target)[:2] == ("pending", 0)  # released, no attempt counted
 
 
