@@ -105,3 +105,19 @@ def test_a_producers_prepared_add_job_survives_a_field_added_to_its_record(dsn):
             recreate_functions(migration, "add_job")
         job = hopper.add_job(app, "echo", {"n": 8})
     assert (job.payload, job.outcome) == ({"n": 8}, hopper.Outcome.INSERTED)
+
+
+def test_run_once_on_a_long_lived_connection_survives_a_field_added_to_the_record(dsn):
+    """A test suite's connection runs run_once again and again: its claim is
+    prepared, and a migration elsewhere adds a field to the job record."""
+    with (
+        psycopg.connect(dsn, autocommit=True) as app,
+        psycopg.connect(dsn, autocommit=True) as migration,
+    ):
+        for n in range(8):
+            add_job(migration, "echo", {"n": n})
+            assert hopper.run_once(app, worker_tasks.tasks) == 1
+        add_a_column_to_the_job_record(migration)
+        add_job(migration, "echo", {"n": 8})
+        assert hopper.run_once(app, worker_tasks.tasks) == 1
+        assert completed(migration) == 9
