@@ -109,6 +109,9 @@ def test_a_report_in_flight_when_the_worker_stops_is_sent_again_not_dropped(dsn,
         worker._loop.call_soon_threadsafe(worker.stop)
         time.sleep(0.5)  # the reporter is cancelled; the last report waits in turn
         holder.execute("COMMIT")
+        # before the block's end stops the worker a second time, which would end
+        # the last report at once
+        wait_until(lambda: job(conn, target)["state"] != "running", 10, "the last report")
     done = job(conn, target)
     assert (done["state"], done["attempts"], done["result"]) == ("completed", 1, worker.worker_id)
 
