@@ -694,8 +694,8 @@ class Worker:
 async def cancel_and_wait(
     tasks: Iterable[asyncio.Task[Any]], patience: float = CANCEL_PATIENCE
 ) -> set[asyncio.Task[Any]]:
-    """Cancels tasks and waits for them to end, cancelling again every 0.1 s, up to
-    patience seconds; returns those still running. A single cancel is not enough:
+    """Cancels tasks and waits for them to end, cancelling again every second, up
+    to patience seconds; returns those still running. A single cancel is not enough:
     on Python 3.11, asyncio.wait_for (with which psycopg_pool waits for a free
     connection) returns normally when what it awaits completes as the cancellation
     comes, and the task goes on; a handler may swallow it too. A worker stopped
@@ -709,7 +709,9 @@ async def cancel_and_wait(
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             break
-        _, pending = await asyncio.wait(pending, timeout=min(0.1, remaining))
+        # not sooner: a second cancellation cuts short psycopg's own, which cancels
+        # the query in the server and reads its end, and closes the connection
+        _, pending = await asyncio.wait(pending, timeout=min(1.0, remaining))
     for task in tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: it was logged where it mattered
