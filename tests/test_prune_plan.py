@@ -14,19 +14,27 @@ CROSS JOIN LATERAL (SELECT (ARRAY['completed', 'failed', 'cancelled'])[1 + i %% 
 """
 
 
-def test_prune_reads_only_jobs_past_the_bound(conn):
+def keep_30_000_and_some_past_retention(conn) -> None:
     conn.execute(FINISHED, {"n": 30_000, "age": "1 hour"})  # within every retention
     conn.execute(FINISHED, {"n": 30, "age": "2 days"})  # completed ones past 1 day
     conn.execute(FINISHED, {"n": 30, "age": "40 days"})  # all past 30 days
-    active = add_job(conn, "active")["id"]
-    conn.execute("ANALYZE hopper._jobs")
 
-    plans = statement_plans(conn, "SELECT hopper.prune() AS n", None, "hopper.prune(")
+
+def assert_the_delete_reads_the_index_from_its_bound(conn, call: str) -> None:
+    """Runs call (a SELECT of one function) and checks the plan of its DELETE."""
+    conn.execute("ANALYZE hopper._jobs")
+    plans = statement_plans(conn, f"SELECT {call} AS n", None, call.split("(")[0] + "(")
     delete = plan_with(plans, "Delete on _jobs")
-    print(f"\nprune with 30,000 finished jobs kept, buffers {shared_buffers_touched(delete)}:")
+    print(f"\n{call} with 30,000 finished jobs kept, buffers {shared_buffers_touched(delete)}:")
     print(delete)
     assert "Index Cond: (finished_at <" in delete, delete
     assert shared_buffers_touched(delete) <= 200, delete
+
+
+def test_prune_reads_only_jobs_past_the_bound(conn):
+    keep_30_000_and_some_past_retention(conn)
+    active = add_job(conn, "active")["id"]
+    assert_the_delete_reads_the_index_from_its_bound(conn, "hopper.prune()")
 
     left = conn.execute(
         "SELECT state, finished_at < now() - interval '1 day' AS old, count(*) AS n"
@@ -46,19 +54,7 @@ def test_prune_reads_only_jobs_past_the_bound(conn):
 
 
 def test_prune_expired_reads_only_jobs_past_the_bound(conn):
-    conn.execute(FINISHED, {"n": 30_000, "age": "1 hour"})  # within every retention
-    conn.execute(FINISHED, {"n": 30, "age": "2 days"})
-    conn.execute(FINISHED, {"n": 30, "age": "40 days"})
-    conn.execute("ANALYZE hopper._jobs")
-
-    query = "SELECT hopper.prune_expired(15) AS n"
-    plans = statement_plans(conn, query, None, "hopper.prune_expired(")
-    delete = plan_with(plans, "Delete on _jobs")
-    print(
-        f"\nprune_expired with 30,000 finished jobs kept, buffers {shared_buffers_touched(delete)}:"
-    )
-    print(delete)
-    assert "Index Cond: (finished_at <" in delete, delete
-    assert shared_buffers_touched(delete) <= 200, delete
+    keep_30_000_and_some_past_retention(conn)
+    assert_the_delete_reads_the_index_from_its_bound(conn, "hopper.prune_expired(15)")
     assert call_one(conn, "prune_expired")["prune_expired"] == 30 + 10 - 15
     assert call_one(conn, "prune_expired")["prune_expired"] == 0

@@ -149,7 +149,9 @@ class Database:
     def _sync_rows(
         conn: psycopg.Connection, query: sql.Composed, params: Sequence[Any], row_factory: Any
     ) -> list[Any]:
-        # run_once on the caller's connection: no upgrade is expected under it
+        # run_once on the caller's connection. A field a migration adds to the record
+        # changes nothing here (the statements name their columns; tested); a changed
+        # result type, which _async_rows survives, would need a new connection.
         with conn.cursor(row_factory=row_factory) as cur:
             return cur.execute(query, params).fetchall()
 

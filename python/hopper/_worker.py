@@ -612,7 +612,8 @@ class Worker:
             refused = [o.job_id for o in completed if o.job_id not in accepted]
             if refused:
                 self._log_refused_completions(refused)
-            self._maybe_reported.difference_update(o.job_id for o in completed)
+            if self._maybe_reported:  # nearly always empty: no pass over every report
+                self._maybe_reported.difference_update(o.job_id for o in completed)
         if failed:
             await self._in_batches(partial(self.db.fail, self.worker_id, permanent=False), failed)
         if doomed:
@@ -620,15 +621,15 @@ class Worker:
 
     def _log_refused_completions(self, refused: list[int]) -> None:
         again = [job_id for job_id in refused if job_id in self._maybe_reported]
+        taken = [job_id for job_id in refused if job_id not in self._maybe_reported]
         if again:
             logger.info(
                 "completion sent again not applied, jobs no longer held: %s (most likely"
                 " the earlier try, whose reply was lost, completed them)", again
             )  # fmt: skip
-        if len(again) < len(refused):
+        if taken:
             # rescued, unlocked or retried meanwhile: they run (or ran) elsewhere
-            others = [job_id for job_id in refused if job_id not in self._maybe_reported]
-            logger.warning("completion refused, jobs no longer held: %s", others)
+            logger.warning("completion refused, jobs no longer held: %s", taken)
 
     # --- shutting down -------------------------------------------------------------
 
