@@ -70,20 +70,6 @@ BEGIN
 END
 $$;
 
--- Records whether worker_id's claim came up short, i.e. whether it now waits
--- for a notification. Written only on a change, so a busy worker (or an idle
--- one) writes nothing.
-CREATE OR REPLACE FUNCTION hopper._note_waiting(worker_id text, is_waiting boolean)
-RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE hopper._workers AS w SET waiting = is_waiting
-    WHERE w.id = worker_id AND w.waiting IS DISTINCT FROM is_waiting;
-END
-$$;
-
 CREATE OR REPLACE FUNCTION hopper._raise(
     fn text, sqlstate text, message text
 ) RETURNS void

@@ -1,24 +1,5 @@
 -- Claiming jobs (SPEC.md 4.1).
 
--- Makes scheduled jobs that are due claimable. Cheap when none are due: one
--- probe of an index that holds scheduled jobs only.
-CREATE OR REPLACE FUNCTION hopper._promote_due_jobs(due_at timestamptz)
-RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    -- an id array (not IN) keeps the update on the primary key whatever the
-    -- planner guesses about how many jobs are due
-    UPDATE hopper._jobs AS j SET state = 'pending'
-    WHERE j.id = any(ARRAY(
-        SELECT d.id FROM hopper._jobs AS d
-        WHERE d.state = 'scheduled' AND d.run_at <= due_at
-        FOR UPDATE SKIP LOCKED
-    ));
-END
-$$;
-
 -- Jobs locked before expired_before by a worker that never registered (a
 -- plain SQL consumer that died) count the attempt as failed and run again at
 -- once. Registered workers' locks end only through rescue_stale_jobs.
@@ -59,62 +40,6 @@ $$;
 -- a bulk insert. Tasks whose names collide share a key, and so a range of
 -- the index; a claim of named tasks tells them apart by name (task_names),
 -- a claim of any task (task_names NULL) needs not.
-
--- The keys of the tasks that have pending jobs, in one descent of
--- jobs_pending_by_task per key (a skip scan), for claims that take any task.
-CREATE OR REPLACE FUNCTION hopper._pending_task_keys()
-RETURNS integer[]
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN ARRAY(
-        WITH RECURSIVE task (task_key) AS (
-            SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
-            WHERE j.state = 'pending'
-            UNION ALL
-            SELECT (
-                SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
-                WHERE j.state = 'pending' AND hashtext(j.task_identifier) > task.task_key
-            )
-            FROM task
-            WHERE task.task_key IS NOT NULL
-        )
-
-        SELECT task.task_key FROM task WHERE task.task_key IS NOT NULL
-    );
-END
-$$;
-
--- The keys among task_keys (distinct) that have a claimable job of
--- task_names (jobs other claimers hold count), in the order of their first
--- ones: one probe of jobs_pending_by_task each. Only the first batch_size can
--- have jobs among the first batch_size.
-CREATE OR REPLACE FUNCTION hopper._tasks_with_work(
-    task_keys integer[], task_names text[], forbidden_flags text[], claim_time timestamptz
-) RETURNS integer[]
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN ARRAY(
-        SELECT task.task_key
-        FROM unnest(task_keys) AS task (task_key)
-        CROSS JOIN LATERAL (
-            SELECT j.priority, j.run_at, j.id
-            FROM hopper._claimable_jobs AS j
-            WHERE
-                hashtext(j.task_identifier) = task.task_key
-                AND (task_names IS NULL OR j.task_identifier = any(task_names))
-                AND j.run_at <= claim_time
-                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-            ORDER BY j.priority, j.run_at, j.id
-            LIMIT 1
-        ) AS first_job
-        ORDER BY first_job.priority, first_job.run_at, first_job.id
-    );
-END
-$$;
 
 -- How many of the first batch_size claimable jobs in claim order each task
 -- key has (one count per key, in the order of task_keys), from the first
@@ -255,19 +180,58 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    candidate_keys integer[] := CASE
-        WHEN task_identifiers IS NULL THEN hopper._pending_task_keys()
-        ELSE ARRAY(SELECT DISTINCT hashtext(t.name) FROM unnest(task_identifiers) AS t (name))
-    END;
-    -- a single candidate key needs no probe of its first job: it takes the batch
-    task_keys integer[] := CASE
-        WHEN cardinality(candidate_keys) = 1 THEN candidate_keys
-        ELSE hopper._tasks_with_work(candidate_keys, task_identifiers, forbidden_flags, claim_time)
-    END;
+    task_keys integer[];
     shares integer[] := ARRAY[batch_size];
     taken integer;
     rest record;
 BEGIN
+    -- statements rather than calls of helpers: a claim of one job over two
+    -- tasks took about 40 us less
+    IF task_identifiers IS NULL THEN
+        -- the keys of the tasks that have pending jobs, in one descent of
+        -- jobs_pending_by_task per key (a skip scan)
+        task_keys := ARRAY(
+            WITH RECURSIVE task (task_key) AS (
+                SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
+                WHERE j.state = 'pending'
+                UNION ALL
+                SELECT (
+                    SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
+                    WHERE j.state = 'pending' AND hashtext(j.task_identifier) > task.task_key
+                )
+                FROM task
+                WHERE task.task_key IS NOT NULL
+            )
+
+            SELECT task.task_key FROM task WHERE task.task_key IS NOT NULL
+        );
+    ELSE
+        task_keys := ARRAY(
+            SELECT DISTINCT hashtext(t.name) FROM unnest(task_identifiers) AS t (name)
+        );
+    END IF;
+    IF cardinality(task_keys) > 1 THEN
+        -- those that have a claimable job (jobs other claimers hold count),
+        -- in the order of their first ones: one probe of jobs_pending_by_task
+        -- each. A single key needs no probe: it takes the batch. Only the
+        -- first batch_size can have jobs among the first batch_size.
+        task_keys := ARRAY(
+            SELECT task.task_key
+            FROM unnest(task_keys) AS task (task_key)
+            CROSS JOIN LATERAL (
+                SELECT j.priority, j.run_at, j.id
+                FROM hopper._claimable_jobs AS j
+                WHERE
+                    hashtext(j.task_identifier) = task.task_key
+                    AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
+                    AND j.run_at <= claim_time
+                    AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT 1
+            ) AS first_job
+            ORDER BY first_job.priority, first_job.run_at, first_job.id
+        );
+    END IF;
     IF cardinality(task_keys) = 0 THEN
         RETURN;
     END IF;
@@ -415,6 +379,38 @@ BEGIN
 END
 $$;
 
+-- The full checks of get_jobs' arguments, raising the first problem.
+CREATE OR REPLACE FUNCTION hopper._check_claim_arguments(
+    worker_id text, batch_size integer, job_expiry interval, claim_time timestamptz
+) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM hopper._check_worker_id('get_jobs', worker_id);
+    PERFORM hopper._check_not_retired('get_jobs', worker_id);
+    PERFORM hopper._check_required('get_jobs', 'batch_size', batch_size IS NULL);
+    PERFORM hopper._check_required('get_jobs', 'job_expiry', job_expiry IS NULL);
+    PERFORM hopper._check_required('get_jobs', 'now', claim_time IS NULL);
+    IF batch_size < 1 THEN
+        PERFORM hopper._raise('get_jobs', '22023', format(
+            'batch_size must be at least 1 (got %s)', batch_size
+        ));
+    END IF;
+    IF batch_size > hopper._setting('max_batch_size')::integer THEN
+        PERFORM hopper._raise('get_jobs', '54000', format(
+            'batch_size %s is more than max_batch_size (%s)',
+            batch_size, hopper._setting('max_batch_size')
+        ));
+    END IF;
+    IF job_expiry <= interval '0' THEN
+        PERFORM hopper._raise('get_jobs', '22023', format(
+            'job_expiry must be positive (got %s)', job_expiry
+        ));
+    END IF;
+END
+$$;
+
 -- Claims up to batch_size runnable jobs for worker_id, in the order
 -- priority, run_at, id. Concurrent callers never receive the same job.
 CREATE OR REPLACE FUNCTION hopper.get_jobs(
@@ -434,34 +430,49 @@ SET enable_seqscan = off
 AS $$
 DECLARE
     claimed_ids bigint[];
+    came_up_short boolean;
 BEGIN
-    PERFORM hopper._check_worker_id('get_jobs', worker_id);
-    PERFORM hopper._check_not_retired('get_jobs', worker_id);
-    PERFORM hopper._check_required('get_jobs', 'batch_size', batch_size IS NULL);
-    PERFORM hopper._check_required('get_jobs', 'job_expiry', job_expiry IS NULL);
-    PERFORM hopper._check_required('get_jobs', 'now', get_jobs.now IS NULL);
-    IF batch_size < 1 THEN
-        PERFORM hopper._raise('get_jobs', '22023', format(
-            'batch_size must be at least 1 (got %s)', batch_size
-        ));
+    -- what every check requires, in one statement; only a call failing it
+    -- runs the checks that say which argument is wrong
+    IF NOT coalesce(
+        worker_id !~ '^\s*$' AND length(worker_id) <= 128
+        AND batch_size >= 1 AND job_expiry > interval '0' AND get_jobs.now IS NOT NULL
+        AND batch_size <= (
+            SELECT s.value::integer FROM hopper.settings AS s WHERE s.name = 'max_batch_size'
+        )
+        AND NOT EXISTS (
+            SELECT FROM hopper._workers AS w
+            WHERE w.id = worker_id AND w.retired_at IS NOT NULL
+        ),
+        false
+    ) THEN
+        PERFORM hopper._check_claim_arguments(worker_id, batch_size, job_expiry, get_jobs.now);
     END IF;
-    IF batch_size > hopper._setting('max_batch_size')::integer THEN
-        PERFORM hopper._raise('get_jobs', '54000', format(
-            'batch_size %s is more than max_batch_size (%s)',
-            batch_size, hopper._setting('max_batch_size')
-        ));
+    -- the test of _expire_locks' query, without its call when nothing expired
+    IF EXISTS (
+        SELECT FROM hopper._jobs AS j
+        WHERE j.state = 'running' AND j.locked_at < get_jobs.now - job_expiry
+            AND NOT EXISTS (SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by)
+    ) THEN
+        PERFORM hopper._expire_locks(get_jobs.now - job_expiry, get_jobs.now, job_expiry);
     END IF;
-    IF job_expiry <= interval '0' THEN
-        PERFORM hopper._raise('get_jobs', '22023', format(
-            'job_expiry must be positive (got %s)', job_expiry
-        ));
-    END IF;
-    PERFORM hopper._expire_locks(get_jobs.now - job_expiry, get_jobs.now, job_expiry);
-    PERFORM hopper._promote_due_jobs(get_jobs.now);
+    -- due scheduled jobs become claimable: one probe of jobs_scheduled_run_at
+    -- when none is due; an id array (not IN) keeps the update on the primary
+    -- key whatever the planner guesses about how many are due
+    UPDATE hopper._jobs AS j SET state = 'pending'
+    WHERE j.id = any(ARRAY(
+        SELECT d.id FROM hopper._jobs AS d
+        WHERE d.state = 'scheduled' AND d.run_at <= get_jobs.now
+        FOR UPDATE SKIP LOCKED
+    ));
     claimed_ids := hopper._claim(
         worker_id, task_identifiers, batch_size, forbidden_flags, get_jobs.now
     );
-    PERFORM hopper._note_waiting(worker_id, cardinality(claimed_ids) < batch_size);
+    -- a claim that comes up short waits for a notification; written only on
+    -- a change, so a busy (or idle) worker writes nothing here
+    came_up_short := cardinality(claimed_ids) < batch_size;
+    UPDATE hopper._workers AS w SET waiting = came_up_short
+    WHERE w.id = worker_id AND w.waiting <> came_up_short;
     -- read back through the view: cheaper per row than building each record
     RETURN QUERY
     SELECT v.* FROM hopper.jobs AS v
