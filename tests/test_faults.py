@@ -127,6 +127,31 @@ def test_a_handler_that_swallows_its_cancellation_does_not_keep_the_worker_from_
     assert job_row(dsn, target)[:2] == ("pending", 0)  # released, no attempt counted
 
 
+def test_a_cancellation_that_comes_before_the_handler_starts_ends_the_job(dsn, conn):
+    """The heartbeat (or a notification) can ask to cancel a job claimed a moment
+    ago, before its task has taken its first step. Cancelling that task kept its
+    coroutine from ever running, so nothing reported the job: it stayed running
+    under a live worker for good (found by test_worker_chaos, 1 run in 6). The
+    moment is forced here: a busy worker's one slot is taken, and the job is
+    claimed, started and asked to cancel in one step of the worker's loop."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=1, poll_interval=0.1)
+    with worker_in_thread(worker):
+        busy = scalar(dsn, "SELECT id FROM hopper.add_job('slow_sync', '{\"seconds\": 3}')")
+        wait_until(lambda: job_row(dsn, busy)[0] == "running", 10, "the slot to fill")
+        target = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
+
+        async def claim_start_and_cancel() -> None:
+            (claimed,) = await worker.db.claim(worker.worker_id, ["echo"], 1)
+            assert claimed.id == target
+            conn.execute("SELECT hopper.cancel_jobs(ARRAY[%s::bigint])", [target])
+            worker._start(claimed)
+            worker._cancel_requested(target)
+
+        asyncio.run_coroutine_threadsafe(claim_start_and_cancel(), worker._loop).result(10)
+        wait_until(lambda: job_row(dsn, target)[0] == "cancelled", 10, "the job to end")
+        assert target not in worker._running
+
+
 def hopper_backends(dsn: str) -> list[int]:
     with psycopg.connect(dsn) as conn:
         return [

@@ -80,6 +80,13 @@ def add(conn: psycopg.Connection, kind: str) -> None:
     )  # fmt: skip
 
 
+def unfinished(conn: psycopg.Connection) -> list[dict]:
+    return conn.execute(
+        "SELECT id, task_identifier, payload->>'kind' AS kind, state, attempts, locked_by,"
+        " cancel_requested, run_at, last_error FROM hopper._jobs WHERE finished_at IS NULL"
+    ).fetchall()  # fmt: skip
+
+
 def test_misbehaving_handlers_and_cancellations_leave_no_job_unfinished(dsn, conn):
     rng = random.Random(7)
     worker = hopper.Worker(dsn, tasks, concurrency=16, poll_interval=0.5)
@@ -93,12 +100,12 @@ def test_misbehaving_handlers_and_cancellations_leave_no_job_unfinished(dsn, con
                     " WHERE state = 'running' ORDER BY random() LIMIT 1))"
                 )  # fmt: skip
             time.sleep(rng.uniform(0, 0.01))
-        wait_until(
-            lambda: conn.execute(
-                "SELECT count(*) AS n FROM hopper._jobs WHERE finished_at IS NULL"
-            ).fetchone()["n"] == 0,
-            20, "every job to finish",
-        )  # fmt: skip
+        try:
+            wait_until(lambda: not unfinished(conn), 20, "every job to finish")
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}: {unfinished(conn)}, running {worker._running}"
+            ) from None
         assert worker._running == {}
     ended = conn.execute(
         "SELECT coalesce(payload->>'kind', 'batch') AS kind, state, last_error"

@@ -404,6 +404,16 @@ class Worker:
             running.cancel_requested = True
             running.context.cancelled.set()
             running.task.cancel()
+            running.task.add_done_callback(partial(self._end_if_never_run, running))
+
+    def _end_if_never_run(self, running: _Running, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never runs _run_job, which reports
+        the job: a request can come between a claim and that step."""
+        if self._running.get(running.job.id) is running:
+            del self._running[running.job.id]
+            self._outcomes.append(Failed(running.job.id, CANCELLED_BY_REQUEST))
+            self._reported.set()
+            self._room_made()
 
     # --- liveness: registration, heartbeats, rescue ------------------------------
 
