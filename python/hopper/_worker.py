@@ -375,7 +375,12 @@ class Worker:
             # a fault of hopper's own: the job must still end, and its slot free up
             context.logger.exception("running the job failed")
             outcome = Failed(job.id, f"the worker failed running this job: {error!r}")
-        if self._running.pop(job.id, None) is not None:
+        self._ended(job.id, outcome)
+
+    def _ended(self, job_id: int, outcome: Report) -> None:
+        """Reports a job's outcome unless the job was dropped meanwhile (a lost
+        identity, a drain), and frees its slot."""
+        if self._running.pop(job_id, None) is not None:
             self._outcomes.append(outcome)
             self._reported.set()
         self._room_made()
@@ -410,10 +415,7 @@ class Worker:
         """A task cancelled before its first step never runs _run_job, which reports
         the job: a request can come between a claim and that step."""
         if self._running.get(running.job.id) is running:
-            del self._running[running.job.id]
-            self._outcomes.append(Failed(running.job.id, CANCELLED_BY_REQUEST))
-            self._reported.set()
-            self._room_made()
+            self._ended(running.job.id, Failed(running.job.id, CANCELLED_BY_REQUEST))
 
     # --- liveness: registration, heartbeats, rescue ------------------------------
 

@@ -1,37 +1,24 @@
 -- Claiming jobs (SPEC.md 4.1).
 
--- Jobs locked before expired_before by a worker that never registered (a
--- plain SQL consumer that died) count the attempt as failed and run again at
--- once. Registered workers' locks end only through rescue_stale_jobs.
+-- Fails the expired jobs (locked by get_jobs): locks of workers that never
+-- registered (plain SQL consumers that died) count the attempt as failed and
+-- run again at once. Registered workers' locks end only through
+-- rescue_stale_jobs.
 CREATE OR REPLACE FUNCTION hopper._expire_locks(
-    expired_before timestamptz, retry_at timestamptz, job_expiry interval
+    expired hopper._jobs[], retry_at timestamptz, job_expiry interval
 ) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    expired hopper._jobs[] := ARRAY(
-        SELECT j FROM hopper._jobs AS j
-        WHERE j.state = 'running' AND j.locked_at < expired_before
-            AND NOT EXISTS (
-                SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by
-            )
-        ORDER BY j.id
-        FOR UPDATE SKIP LOCKED
-    );
 BEGIN
-    IF cardinality(expired) > 0 THEN
-        PERFORM hopper._fail_running(
-            ARRAY(SELECT e.id FROM unnest(expired) AS e),
-            ARRAY(
-                SELECT format(
-                    'lock of worker %s expired after %s', e.locked_by, job_expiry
-                )
-                FROM unnest(expired) AS e
-            ),
-            NULL, NULL, retry_at
-        );
-    END IF;
+    PERFORM hopper._fail_running(
+        ARRAY(SELECT e.id FROM unnest(expired) AS e),
+        ARRAY(
+            SELECT format('lock of worker %s expired after %s', e.locked_by, job_expiry)
+            FROM unnest(expired) AS e
+        ),
+        NULL, NULL, retry_at
+    );
 END
 $$;
 
@@ -429,6 +416,7 @@ SET jit = off
 SET enable_seqscan = off
 AS $$
 DECLARE
+    expired hopper._jobs[];
     claimed_ids bigint[];
     came_up_short boolean;
 BEGIN
@@ -448,13 +436,17 @@ BEGIN
     ) THEN
         PERFORM hopper._check_claim_arguments(worker_id, batch_size, job_expiry, get_jobs.now);
     END IF;
-    -- the test of _expire_locks' query, without its call when nothing expired
-    IF EXISTS (
-        SELECT FROM hopper._jobs AS j
+    -- jobs locked longer than job_expiry by workers that never registered: one
+    -- probe of jobs_running_locked_at, and _expire_locks only when it finds some
+    expired := ARRAY(
+        SELECT j FROM hopper._jobs AS j
         WHERE j.state = 'running' AND j.locked_at < get_jobs.now - job_expiry
             AND NOT EXISTS (SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by)
-    ) THEN
-        PERFORM hopper._expire_locks(get_jobs.now - job_expiry, get_jobs.now, job_expiry);
+        ORDER BY j.id
+        FOR UPDATE SKIP LOCKED
+    );
+    IF cardinality(expired) > 0 THEN
+        PERFORM hopper._expire_locks(expired, get_jobs.now, job_expiry);
     END IF;
     -- due scheduled jobs become claimable: one probe of jobs_scheduled_run_at
     -- when none is due; an id array (not IN) keeps the update on the primary
