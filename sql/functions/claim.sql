@@ -108,151 +108,56 @@ BEGIN
 END
 $$;
 
--- Locks up to limits[i] claimable jobs of task_names under each task_keys[i]
--- in claim order, skipping jobs other claimers hold and the excluded ones
--- (which this claim holds already): their ids and row versions, and whether
--- any of them belongs to a named queue.
-CREATE OR REPLACE FUNCTION hopper._lock_walk(
+-- The first walk's candidates (ids, any_queue, row_ids), completed from
+-- every key with work when other claimers held jobs of the shares (the
+-- first walk locked fewer than the shares add up to): a second walk locks
+-- under each key up to what the batch lacks and keeps the first of those.
+-- The others stay locked until the claim commits.
+CREATE OR REPLACE FUNCTION hopper._lock_rest(
     task_keys integer[],
-    limits integer[],
-    excluded bigint[],
+    shares integer[],
+    INOUT ids bigint[],
+    INOUT any_queue boolean,
+    INOUT row_ids tid[],
+    batch_size integer,
     task_names text[],
     forbidden_flags text[],
-    claim_time timestamptz,
-    OUT ids bigint[],
-    OUT any_queue boolean,
-    OUT row_ids tid[]
-)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    SELECT array_agg(c.id), bool_or(c.queue_name IS NOT NULL), array_agg(c.row_id)
-    INTO ids, any_queue, row_ids
-    FROM unnest(task_keys, limits) AS task (task_key, max_jobs)
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.row_id, j.queue_name
-        FROM hopper._claimable_jobs AS j
-        WHERE
-            hashtext(j.task_identifier) = task.task_key
-            AND (task_names IS NULL OR j.task_identifier = any(task_names))
-            AND j.run_at <= claim_time
-            AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-            AND j.id <> ALL(excluded)
-        ORDER BY j.priority, j.run_at, j.id
-        LIMIT task.max_jobs
-        FOR UPDATE OF j SKIP LOCKED
-    ) AS c
-    WHERE task.max_jobs > 0;
-END
-$$;
-
--- Locks up to batch_size claimable jobs in claim order (the ids in no
--- particular order). Each task key's range of jobs_pending_by_task is walked
--- for its share of the batch (_batch_shares), so a claim locks no more jobs
--- than it takes; only when other claimers held jobs of those shares does a
--- second walk look for the rest under every key with work. A claim of any
--- task walks every key that has pending jobs: no index holds all pending
--- jobs in claim order (it cost a fifth of an insert).
-CREATE OR REPLACE FUNCTION hopper._lock_candidates(
-    task_identifiers text[],
-    batch_size integer,
-    forbidden_flags text[],
-    claim_time timestamptz,
-    OUT ids bigint[],
-    OUT any_queue boolean,
-    OUT row_ids tid[]
+    claim_time timestamptz
 )
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    task_keys integer[];
-    shares integer[] := ARRAY[batch_size];
-    taken integer;
-    rest record;
+    lacking integer := batch_size - coalesce(cardinality(ids), 0);
 BEGIN
-    -- statements rather than calls of helpers: a claim of one job over two
-    -- tasks took about 40 us less
-    IF task_identifiers IS NULL THEN
-        -- the keys of the tasks that have pending jobs, in one descent of
-        -- jobs_pending_by_task per key (a skip scan)
-        task_keys := ARRAY(
-            WITH RECURSIVE task (task_key) AS (
-                SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
-                WHERE j.state = 'pending'
-                UNION ALL
-                SELECT (
-                    SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
-                    WHERE j.state = 'pending' AND hashtext(j.task_identifier) > task.task_key
-                )
-                FROM task
-                WHERE task.task_key IS NOT NULL
-            )
-
-            SELECT task.task_key FROM task WHERE task.task_key IS NOT NULL
-        );
-    ELSE
-        task_keys := ARRAY(
-            SELECT DISTINCT hashtext(t.name) FROM unnest(task_identifiers) AS t (name)
-        );
-    END IF;
-    IF cardinality(task_keys) > 1 THEN
-        -- those that have a claimable job (jobs other claimers hold count),
-        -- in the order of their first ones: one probe of jobs_pending_by_task
-        -- each. A single key needs no probe: it takes the batch. Only the
-        -- first batch_size can have jobs among the first batch_size.
-        task_keys := ARRAY(
-            SELECT task.task_key
-            FROM unnest(task_keys) AS task (task_key)
-            CROSS JOIN LATERAL (
-                SELECT j.priority, j.run_at, j.id
-                FROM hopper._claimable_jobs AS j
-                WHERE
-                    hashtext(j.task_identifier) = task.task_key
-                    AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
-                    AND j.run_at <= claim_time
-                    AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-                ORDER BY j.priority, j.run_at, j.id
-                LIMIT 1
-            ) AS first_job
-            ORDER BY first_job.priority, first_job.run_at, first_job.id
-        );
-    END IF;
-    IF cardinality(task_keys) = 0 THEN
+    IF coalesce(cardinality(ids), 0) >= (SELECT sum(s.share) FROM unnest(shares) AS s (share)) THEN
         RETURN;
     END IF;
-    -- when a single task key has work (the common case), it takes the whole batch
-    IF cardinality(task_keys) > 1 THEN
-        shares := hopper._batch_shares(
-            task_keys[1:batch_size], batch_size, task_identifiers, forbidden_flags, claim_time
-        );
-    END IF;
-    SELECT w.ids, w.any_queue, w.row_ids INTO ids, any_queue, row_ids
-    FROM hopper._lock_walk(
-        task_keys[1:batch_size], shares, '{}', task_identifiers, forbidden_flags, claim_time
-    ) AS w;
-    taken := coalesce(cardinality(ids), 0);
-    IF cardinality(task_keys) > 1 AND taken < (SELECT sum(s.share) FROM unnest(shares) AS s (share)) THEN
-        SELECT w.ids, w.any_queue, w.row_ids INTO rest
-        FROM hopper._lock_walk(
-            task_keys, array_fill(batch_size - taken, ARRAY[cardinality(task_keys)]),
-            coalesce(ids, '{}'), task_identifiers, forbidden_flags, claim_time
-        ) AS w;
-        -- it may have locked more than the batch lacks: the first of them
-        SELECT
-            nullif(coalesce(ids, '{}') || array_agg(r.id), '{}'),
-            coalesce(any_queue, false) OR coalesce(bool_or(r.queue_name IS NOT NULL), false),
-            coalesce(row_ids, '{}') || array_agg(r.ctid)
-        INTO ids, any_queue, row_ids
-        FROM (
-            SELECT j.id, j.ctid, j.queue_name
-            FROM hopper._jobs AS j
-            WHERE j.ctid = any(rest.row_ids)
+    -- the walk of _claim, under every key, without the jobs it holds
+    SELECT
+        nullif(coalesce(ids, '{}') || array_agg(r.id), '{}'),
+        coalesce(any_queue, false) OR coalesce(bool_or(r.queue_name IS NOT NULL), false),
+        coalesce(row_ids, '{}') || array_agg(r.row_id)
+    INTO ids, any_queue, row_ids
+    FROM (
+        SELECT c.id, c.row_id, c.queue_name
+        FROM unnest(task_keys) AS task (task_key)
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.row_id, j.queue_name, j.priority, j.run_at
+            FROM hopper._claimable_jobs AS j
+            WHERE
+                hashtext(j.task_identifier) = task.task_key
+                AND (task_names IS NULL OR j.task_identifier = any(task_names))
+                AND j.run_at <= claim_time
+                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                AND j.id <> ALL(coalesce(ids, '{}'))
             ORDER BY j.priority, j.run_at, j.id
-            LIMIT batch_size - taken
-        ) AS r;
-    END IF;
+            LIMIT lacking
+            FOR UPDATE OF j SKIP LOCKED
+        ) AS c
+        ORDER BY c.priority, c.run_at, c.id
+        LIMIT lacking
+    ) AS r;
 END
 $$;
 
@@ -314,7 +219,14 @@ END
 $$;
 
 -- Marks running up to batch_size claimable jobs in claim order; returns
--- their ids.
+-- their ids. Each task key's range of jobs_pending_by_task is walked for its
+-- share of the batch (_batch_shares), so a claim locks no more jobs than it
+-- takes; only when other claimers held jobs of those shares does a second
+-- walk look for the rest under every key with work. A claim of any task
+-- walks every key that has pending jobs: no index holds all pending jobs in
+-- claim order (it cost a fifth of an insert). Statements rather than calls
+-- of helpers wherever a claim of one job passes: each call costs a claim
+-- made after an idle pause about 60 us.
 CREATE OR REPLACE FUNCTION hopper._claim(
     worker_id text,
     task_identifiers text[],
@@ -328,16 +240,91 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
+    task_keys integer[];
+    shares integer[] := ARRAY[batch_size];
     candidate_ids bigint[];
     any_queue boolean;
     row_ids tid[];
     chosen_ids bigint[];
     claimed_ids bigint[];
 BEGIN
-    SELECT c.ids, c.any_queue, c.row_ids INTO candidate_ids, any_queue, row_ids
-    FROM hopper._lock_candidates(
-        task_identifiers, batch_size, forbidden_flags, claim_time
-    ) AS c;
+    IF task_identifiers IS NULL THEN
+        -- the keys of the tasks that have pending jobs, in one descent of
+        -- jobs_pending_by_task per key (a skip scan)
+        task_keys := ARRAY(
+            WITH RECURSIVE task (task_key) AS (
+                SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
+                WHERE j.state = 'pending'
+                UNION ALL
+                SELECT (
+                    SELECT min(hashtext(j.task_identifier)) FROM hopper._jobs AS j
+                    WHERE j.state = 'pending' AND hashtext(j.task_identifier) > task.task_key
+                )
+                FROM task
+                WHERE task.task_key IS NOT NULL
+            )
+
+            SELECT task.task_key FROM task WHERE task.task_key IS NOT NULL
+        );
+    END IF;
+    IF task_identifiers IS NOT NULL OR cardinality(task_keys) > 1 THEN
+        -- those that have a claimable job (jobs other claimers hold count),
+        -- in the order of their first ones: one probe of jobs_pending_by_task
+        -- each. Only the first batch_size can have jobs among the first
+        -- batch_size.
+        task_keys := ARRAY(
+            SELECT task.task_key
+            FROM unnest(coalesce(
+                task_keys,
+                ARRAY(SELECT DISTINCT hashtext(t.name) FROM unnest(task_identifiers) AS t (name))
+            )) AS task (task_key)
+            CROSS JOIN LATERAL (
+                SELECT j.priority, j.run_at, j.id
+                FROM hopper._claimable_jobs AS j
+                WHERE
+                    hashtext(j.task_identifier) = task.task_key
+                    AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
+                    AND j.run_at <= claim_time
+                    AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT 1
+            ) AS first_job
+            ORDER BY first_job.priority, first_job.run_at, first_job.id
+        );
+    END IF;
+    IF cardinality(task_keys) = 0 THEN
+        RETURN '{}';
+    END IF;
+    -- when a single task key has work (the common case), it takes the whole batch
+    IF cardinality(task_keys) > 1 THEN
+        shares := hopper._batch_shares(
+            task_keys[1:batch_size], batch_size, task_identifiers, forbidden_flags, claim_time
+        );
+    END IF;
+    -- the walk: under each key, its share in claim order
+    SELECT array_agg(c.id), bool_or(c.queue_name IS NOT NULL), array_agg(c.row_id)
+    INTO candidate_ids, any_queue, row_ids
+    FROM unnest(task_keys[1:batch_size], shares) AS task (task_key, max_jobs)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.row_id, j.queue_name
+        FROM hopper._claimable_jobs AS j
+        WHERE
+            hashtext(j.task_identifier) = task.task_key
+            AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
+            AND j.run_at <= claim_time
+            AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT task.max_jobs
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+    WHERE task.max_jobs > 0;
+    IF cardinality(task_keys) > 1 THEN
+        SELECT r.ids, r.any_queue, r.row_ids INTO candidate_ids, any_queue, row_ids
+        FROM hopper._lock_rest(
+            task_keys, shares, candidate_ids, any_queue, row_ids,
+            batch_size, task_identifiers, forbidden_flags, claim_time
+        ) AS r;
+    END IF;
     IF candidate_ids IS NULL THEN
         RETURN '{}';
     END IF;
@@ -416,55 +403,76 @@ SET jit = off
 SET enable_seqscan = off
 AS $$
 DECLARE
+    arguments_hold boolean;
     expired hopper._jobs[];
+    any_due boolean;
+    was_waiting boolean;
     claimed_ids bigint[];
     came_up_short boolean;
 BEGIN
-    -- what every check requires, in one statement; only a call failing it
-    -- runs the checks that say which argument is wrong
-    IF NOT coalesce(
-        worker_id !~ '^\s*$' AND length(worker_id) <= 128
-        AND batch_size >= 1 AND job_expiry > interval '0' AND get_jobs.now IS NOT NULL
-        AND batch_size <= (
-            SELECT s.value::integer FROM hopper.settings AS s WHERE s.name = 'max_batch_size'
-        )
-        AND NOT EXISTS (
-            SELECT FROM hopper._workers AS w
-            WHERE w.id = worker_id AND w.retired_at IS NOT NULL
+    -- In one statement: what every check requires; the jobs locked longer
+    -- than job_expiry by workers that never registered (one probe of
+    -- jobs_running_locked_at); whether a scheduled job is due (one of
+    -- jobs_scheduled_run_at); the worker's waiting flag. Only a call failing
+    -- the test runs the checks that say which argument is wrong (its locks
+    -- end with the error), and each UPDATE below runs only when it has rows
+    -- to change: even an UPDATE of no rows opens every index of its table.
+    SELECT
+        coalesce(
+            worker_id !~ '^\s*$' AND length(worker_id) <= 128
+            AND batch_size >= 1 AND job_expiry > interval '0' AND get_jobs.now IS NOT NULL
+            AND batch_size <= (
+                SELECT s.value::integer FROM hopper.settings AS s WHERE s.name = 'max_batch_size'
+            )
+            AND NOT EXISTS (
+                SELECT FROM hopper._workers AS w
+                WHERE w.id = worker_id AND w.retired_at IS NOT NULL
+            ),
+            false
         ),
-        false
-    ) THEN
+        ARRAY(
+            SELECT j FROM hopper._jobs AS j
+            WHERE j.state = 'running' AND j.locked_at < get_jobs.now - job_expiry
+                AND NOT EXISTS (SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by)
+            ORDER BY j.id
+            FOR UPDATE SKIP LOCKED
+        ),
+        EXISTS (
+            SELECT FROM hopper._jobs AS d
+            WHERE d.state = 'scheduled' AND d.run_at <= get_jobs.now
+        ),
+        (SELECT w.waiting FROM hopper._workers AS w WHERE w.id = worker_id)
+    INTO arguments_hold, expired, any_due, was_waiting;
+    IF NOT arguments_hold THEN
         PERFORM hopper._check_claim_arguments(worker_id, batch_size, job_expiry, get_jobs.now);
     END IF;
-    -- jobs locked longer than job_expiry by workers that never registered: one
-    -- probe of jobs_running_locked_at, and _expire_locks only when it finds some
-    expired := ARRAY(
-        SELECT j FROM hopper._jobs AS j
-        WHERE j.state = 'running' AND j.locked_at < get_jobs.now - job_expiry
-            AND NOT EXISTS (SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by)
-        ORDER BY j.id
-        FOR UPDATE SKIP LOCKED
-    );
     IF cardinality(expired) > 0 THEN
         PERFORM hopper._expire_locks(expired, get_jobs.now, job_expiry);
+        -- their retries run at the claim's now, which may be ahead of the
+        -- clock (stored 'scheduled'): due now
+        any_due := true;
     END IF;
-    -- due scheduled jobs become claimable: one probe of jobs_scheduled_run_at
-    -- when none is due; an id array (not IN) keeps the update on the primary
-    -- key whatever the planner guesses about how many are due
-    UPDATE hopper._jobs AS j SET state = 'pending'
-    WHERE j.id = any(ARRAY(
-        SELECT d.id FROM hopper._jobs AS d
-        WHERE d.state = 'scheduled' AND d.run_at <= get_jobs.now
-        FOR UPDATE SKIP LOCKED
-    ));
+    IF any_due THEN
+        -- due scheduled jobs become claimable; an id array (not IN) keeps the
+        -- update on the primary key whatever the planner guesses about how
+        -- many are due
+        UPDATE hopper._jobs AS j SET state = 'pending'
+        WHERE j.id = any(ARRAY(
+            SELECT d.id FROM hopper._jobs AS d
+            WHERE d.state = 'scheduled' AND d.run_at <= get_jobs.now
+            FOR UPDATE SKIP LOCKED
+        ));
+    END IF;
     claimed_ids := hopper._claim(
         worker_id, task_identifiers, batch_size, forbidden_flags, get_jobs.now
     );
-    -- a claim that comes up short waits for a notification; written only on
-    -- a change, so a busy (or idle) worker writes nothing here
+    -- a claim that comes up short waits for a notification; the flag is
+    -- written only on a change, so a busy (or idle) worker writes nothing
     came_up_short := cardinality(claimed_ids) < batch_size;
-    UPDATE hopper._workers AS w SET waiting = came_up_short
-    WHERE w.id = worker_id AND w.waiting <> came_up_short;
+    IF was_waiting <> came_up_short THEN
+        UPDATE hopper._workers AS w SET waiting = came_up_short
+        WHERE w.id = worker_id AND w.waiting <> came_up_short;
+    END IF;
     -- read back through the view: cheaper per row than building each record
     RETURN QUERY
     SELECT v.* FROM hopper.jobs AS v
