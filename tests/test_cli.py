@@ -156,3 +156,18 @@ def test_an_error_the_server_reports_is_not_called_a_connection_failure(dsn):
     assert run.returncode == 1
     assert run.stderr.startswith("hopper: add_job: payload is ")
     assert "cannot connect" not in run.stderr
+
+
+def test_a_worker_start_imports_neither_pydantic_nor_the_bench():
+    # each is a tenth of a worker's start-up; a handler's model imports pydantic itself
+    code = (
+        "import sys, hopper.cli, hopper\n"
+        "tasks = hopper.TaskRegistry()\n"
+        "@tasks.task('plain')\n"
+        "def plain(payload: dict) -> None: ...\n"
+        "print(sorted(m for m in ('pydantic', 'hopper.bench') if m in sys.modules))"
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert started.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""Handlers for `hopper bench` worker processes."""
+"""What `hopper bench` needs wherever the CLI runs, and no more: its workloads' names
+(the CLI's options) and the handlers of its worker processes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import time
 
 from hopper._tasks import JobContext, TaskRegistry
+
+WORKLOADS = ("enqueue-single", "enqueue-bulk", "process", "latency", "depth", "startup")
 
 tasks = TaskRegistry()
 

@@ -32,7 +32,6 @@ from hopper._migrate import migrate
 
 HOPPER_SCHEMA = "hopper_bench"
 GRAPHILE_SCHEMA = "graphile_worker_bench"
-WORKLOADS = ("enqueue-single", "enqueue-bulk", "process", "latency", "depth", "startup")
 
 
 @dataclass(frozen=True)
