@@ -64,6 +64,12 @@ class Mix:
                         self.unexpected.append(str(error))
 
 
+# several tasks, so that claims take shares of a batch across tasks, walk again
+# for what other claimers held, and claim any task (None)
+TASKS = ["t", "u", "v"]
+CLAIMED_TASKS = [["t"], ["t", "u"], ["u", "v", "t"], None]
+
+
 def some_ids(conn: psycopg.Connection, n: int) -> list[int]:
     return [r[0] for r in conn.execute(
         "SELECT id FROM hopper._jobs ORDER BY random() LIMIT %s", [n]
@@ -97,13 +103,14 @@ def produce(conn: psycopg.Connection, rng: random.Random) -> None:
     named = "".join(f", {name} => %s" for name in options)
     if run_at is not None:
         named += f", run_at => {run_at}"
-    conn.execute(f"SELECT hopper.add_job('t', '{{}}'{named})", list(options.values()))
+    task = rng.choice(TASKS)
+    conn.execute(f"SELECT hopper.add_job('{task}', '{{}}'{named})", list(options.values()))
 
 
 def produce_batch(conn: psycopg.Connection, rng: random.Random) -> None:
     specs = []
     for i in range(rng.randint(1, 6)):
-        spec: dict = {"identifier": "t", "max_attempts": rng.choice([1, 2, 25])}
+        spec: dict = {"identifier": rng.choice(TASKS), "max_attempts": rng.choice([1, 2, 25])}
         if i and rng.random() < 0.5:
             spec["depends_on"] = [-rng.randint(1, i)]  # an earlier spec of the batch
         if rng.random() < 0.3:
@@ -127,8 +134,8 @@ def work(conn: psycopg.Connection, rng: random.Random) -> None:
     for _ in range(rng.randint(1, 20)):
         forbidden = rng.choice([None, ["f1"], ["f1", "f2"]])
         claimed = conn.execute(
-            "SELECT id, flags FROM hopper.get_jobs(%s, ARRAY['t'], %s, forbidden_flags => %s)",
-            [worker, rng.randint(1, 5), forbidden],
+            "SELECT id, flags FROM hopper.get_jobs(%s, %s, %s, forbidden_flags => %s)",
+            [worker, rng.choice(CLAIMED_TASKS), rng.randint(1, 5), forbidden],
         ).fetchall()
         if set(forbidden or []) & {f for _, flags in claimed for f in flags or []}:
             raise AssertionError(f"claimed a job with a forbidden flag: {claimed} {forbidden}")
