@@ -21,6 +21,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/sqlfluff lint sql
 	$(VENV)/bin/ruff check python tests
 	$(VENV)/bin/ruff format --check python tests
+	$(VENV)/bin/mypy python/hopper
 
 migrate: $(INSTALLED)
 	@test -n "$(DATABASE_URL)" || (echo "make migrate needs DATABASE_URL=postgresql://..." >&2; exit 2)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -86,7 +86,8 @@ class Database:
         """The worker's own statements run in UTC: psycopg parses UTC timestamps in
         half the time (a claimed job has five). Job transactions have their own
         connections, in the time zone the database gives its sessions."""
-        set_json_loads(_loads, conn)
+        # psycopg hands a loader bytes (its annotation says str | bytes)
+        set_json_loads(cast(Callable[[str | bytes], Any], _loads), conn)
         await conn.execute("SET TimeZone = 'UTC'")
 
     async def job_pool(self) -> AsyncConnectionPool:

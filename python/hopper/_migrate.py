@@ -116,7 +116,7 @@ def _migrate_on(
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             ).format(ident)
         )
-        recorded = dict(
+        recorded: dict[str, str] = dict(
             conn.execute(sql.SQL("SELECT name, checksum FROM {}._migrations").format(ident))
         )
         known = migrations()

@@ -36,7 +36,7 @@ def add_job_call(
     delay = options.get("delay")
     if delay is not None and options.get("run_at") is not None:
         raise ValueError("give run_at or delay, not both")
-    arguments = [sql.SQL("identifier => %s"), sql.SQL("payload => %s")]
+    arguments: list[sql.Composable] = [sql.SQL("identifier => %s"), sql.SQL("payload => %s")]
     values: list[Any] = [identifier, Json(payload) if payload is not None else None]
     for name, value in options.items():
         if value is None or name == "delay":

@@ -71,7 +71,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
-        values = {name: row.get(name) for name in _JOB_FIELDS}
+        values: dict[str, Any] = {name: row.get(name) for name in _JOB_FIELDS}
         values["state"] = JobState(values["state"])
         if values["outcome"] is not None:
             values["outcome"] = Outcome(values["outcome"])

@@ -76,9 +76,9 @@ def _payload_model(handler: Handler) -> type[pydantic.BaseModel] | None:
     if not parameters:
         raise TypeError(f"handler {handler.__name__} must take the payload as first parameter")
     annotation = typing.get_type_hints(handler).get(parameters[0])
-    pydantic = _imported_pydantic()
-    if pydantic and inspect.isclass(annotation) and issubclass(annotation, pydantic.BaseModel):
-        return annotation
+    imported = _imported_pydantic()
+    if imported and inspect.isclass(annotation) and issubclass(annotation, imported.BaseModel):
+        return typing.cast("type[pydantic.BaseModel]", annotation)
     return None
 
 
@@ -247,7 +247,7 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
             async with deadline:
                 result = await call
     except TimeoutError as error:
-        if deadline is None or not deadline.expired():
+        if timeout is None or deadline is None or not deadline.expired():
             return _failure(context, job, error)  # the handler's own, an HTTP call's say
         context.cancelled.set()
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
@@ -298,8 +298,8 @@ def _outcome_of_result(job: Job, result: Any) -> Report:
     if result is None:
         return Completed(job.id, None)
     try:
-        pydantic = _imported_pydantic()
-        if pydantic and isinstance(result, pydantic.BaseModel):
+        imported = _imported_pydantic()
+        if imported and isinstance(result, imported.BaseModel):
             result = result.model_dump(mode="json")
         text = json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as error:  # PydanticSerializationError is a ValueError

@@ -17,9 +17,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,13 @@ def scalar(dsn: str, query: str, params: list[Any] | None = None) -> Any:
     return row[0] if row else None
 
 
+def one_value(conn: psycopg.Connection, query: str) -> Any:
+    """The first column of the one row query returns."""
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
 # --- workloads -------------------------------------------------------------------------
 
 
@@ -276,7 +284,7 @@ def raw_single_inserts(
         columns, values = raw_row(jobs_table, "%s::jsonb")
         query = f"INSERT INTO bench_raw {columns} VALUES ({values})"
         if in_function:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = one_value(conn, "SELECT current_schema()")
             function = sql.Identifier(schema, "bench_raw_insert")
             conn.execute(sql.SQL(RAW_INSERT_FUNCTION).format(
                 function=function, table=sql.Identifier(schema, "bench_raw")
@@ -347,12 +355,12 @@ def wait_drained(system: System, total: int, timeout: float = 600) -> float:
     any_left = f"SELECT EXISTS (SELECT 1 {system.unfinished_jobs_sql()})"
     count_left = f"SELECT count(*) {system.unfinished_jobs_sql()}"
     with psycopg.connect(system.dsn, autocommit=True) as conn:
-        while conn.execute(any_left).fetchone()[0]:
+        while one_value(conn, any_left):
             now = time.perf_counter()
             if now - started > timeout:
                 raise RuntimeError(f"{system.name}: jobs left after {timeout}s")
             if now - last_report > 5:
-                left = conn.execute(count_left).fetchone()[0]
+                left = one_value(conn, count_left)
                 say(f"  ... {total - left}/{total} done")
                 last_report = now
             time.sleep(0.02)
@@ -437,7 +445,7 @@ class DepthTable:
         started = time.perf_counter()
         done = 0
         while done < jobs:
-            (ids,) = self.conn.execute(self.claim).fetchone()
+            ids = one_value(self.conn, self.claim)
             if not ids:
                 break
             self.conn.execute(self.complete, [ids])
@@ -520,7 +528,7 @@ class Run:
             return None
         return GraphileWorker(self.dsn, self.work_dir, self.graphile_folder)
 
-    def medians(self, measures: dict[Any, Callable[[], Any]]) -> dict[Any, list[Any]]:
+    def medians(self, measures: Mapping[Any, Callable[[], Any]]) -> dict[Any, list[Any]]:
         """Every measure ``repeat`` times, in rounds that take each measure once in
         turn, so a slow spell of a shared machine falls on all systems alike and
         their ratio stays fair. Returns each measure's results."""
@@ -564,8 +572,8 @@ class Run:
         }
         for system in self.systems():
             for producers in (1, 8):
-                measures[(system.name, f"{producers} producer(s)", "jobs/s")] = (
-                    lambda s=system, p=producers: enqueue_single(s, n, p)
+                measures[(system.name, f"{producers} producer(s)", "jobs/s")] = partial(
+                    enqueue_single, system, n, producers
                 )
         for (name, variant, unit), runs in self.medians(measures).items():
             self.add_median("enqueue-single", name, variant, runs, unit)
@@ -580,8 +588,8 @@ class Run:
         }
         for system in self.systems():
             for batch in (n, 1000):
-                measures[(system.name, f"batches of {batch:,}", "jobs/s")] = (
-                    lambda s=system, b=batch: enqueue_bulk(s, n, b)
+                measures[(system.name, f"batches of {batch:,}", "jobs/s")] = partial(
+                    enqueue_bulk, system, n, batch
                 )
         for (name, variant, unit), runs in self.medians(measures).items():
             self.add_median("enqueue-bulk", name, variant, runs, unit)
@@ -601,8 +609,8 @@ class Run:
             configurations += [(graphile, "local queue 500, batched", 1, 24),
                                (graphile, "local queue 500, batched", 2, 24)]  # fmt: skip
         measures: dict[Any, Callable[[], float]] = {
-            (system.name, f"{processes} x {concurrency}, {label}"): (
-                lambda s=system, p=processes, c=concurrency: process(s, n, p, c)
+            (system.name, f"{processes} x {concurrency}, {label}"): partial(
+                process, system, n, processes, concurrency
             )
             for system, label, processes, concurrency in configurations
         }
@@ -611,7 +619,7 @@ class Run:
 
     def latency(self) -> None:
         measures = {
-            system.name: lambda s=system: latency(s, self.sizes.latency, 0.01)
+            system.name: partial(latency, system, self.sizes.latency, 0.01)
             for system in self.systems()
         }
         for name, runs in self.medians(measures).items():
@@ -637,10 +645,10 @@ class Run:
 def environment(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
         settings = {
-            name: conn.execute(f"SHOW {name}").fetchone()[0]
+            name: one_value(conn, f"SHOW {name}")
             for name in ("fsync", "synchronous_commit", "shared_buffers", "max_connections")
         }
-        version = conn.execute("SELECT version()").fetchone()[0]
+        version = one_value(conn, "SELECT version()")
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
          if line.startswith("model name")), platform.processor(),
@@ -701,16 +709,16 @@ def ratios(figures: list[Figure], sizes: Sizes) -> list[dict[str, Any]]:
         if hop and raw:
             out.append({"workload": workload, "what": f"hopper / {raw_variant}",
                         "ratio": round(hop / raw, 2)})  # fmt: skip
-    raw = {f.variant: f.value for f in figures if f.system == "postgresql"}
+    raw_rates = {f.variant: f.value for f in figures if f.system == "postgresql"}
     # what the function form (SPEC.md 7) and the job table alone cost against the raw rate
     for workload, ceiling, bare in (
         ("enqueue-single", RAW_IN_FUNCTION, RAW_SINGLE),
         ("enqueue-single", RAW_SINGLE_JOBS, RAW_SINGLE),
         ("enqueue-bulk", RAW_BULK_JOBS, RAW_BULK),
     ):
-        if raw.get(ceiling) and raw.get(bare):
+        if raw_rates.get(ceiling) and raw_rates.get(bare):
             out.append({"workload": workload, "what": f"{ceiling} / {bare}",
-                        "ratio": round(raw[ceiling] / raw[bare], 2)})  # fmt: skip
+                        "ratio": round(raw_rates[ceiling] / raw_rates[bare], 2)})  # fmt: skip
     depth = {f.variant.split()[-1]: f.value for f in figures if f.workload == "depth"}
     for kind in ("pending", "finished"):
         if kind in depth and "jobs" in depth:

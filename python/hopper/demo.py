@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -64,7 +65,7 @@ async def ledger_entry(payload: dict, job: hopper.JobContext) -> str:
 
 
 def enqueue(dsn: str) -> list[tuple[str, hopper.Job]]:
-    retry_fast = {"backoff": "fixed", "backoff_delay": 1}
+    retry_fast: dict[str, Any] = {"backoff": "fixed", "backoff_delay": 1}
     added: list[tuple[str, hopper.Job]] = []
     with psycopg.connect(dsn) as conn, conn.transaction():
         added.append(("succeeds", hopper.add_job(conn, "send_welcome", {"to": "ada@example.com"})))
