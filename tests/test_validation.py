@@ -147,6 +147,17 @@ def test_add_jobs_batch_larger_than_max_batch_size_is_rejected(conn):
             "22023",
             "complete_claimed_jobs: results has 1 elements but job_ids has 2",
         ),
+        # complete_claimed_job_ids tests its arguments at once, then checks the failures
+        ("complete_claimed_job_ids", [None, [1]], "22004", "worker_id must not be null"),
+        ("complete_claimed_job_ids", [" ", [1]], "22023", "worker_id must not be blank"),
+        ("complete_claimed_job_ids", ["w" * 129, [1]], "22023", "at most 128 characters"),
+        ("complete_claimed_job_ids", ["w", None], "22004", "job_ids must not be null"),
+        (
+            "complete_claimed_job_ids",
+            ["w", [1], []],
+            "22023",
+            "complete_claimed_job_ids: results has 0 elements but job_ids has 1",
+        ),
         ("fail_job", ["w", None, "e"], "22004", "fail_job: job_id must not be null"),
         (
             "fail_claimed_jobs",
@@ -217,6 +228,10 @@ def test_add_jobs_null_specs_in_either_form(conn):
 
 def test_batch_forms_refuse_more_than_max_batch_size(conn):
     call(conn, "set_setting", "max_batch_size", "2")
-    for function, extra in (("complete_claimed_jobs", []), ("fail_claimed_jobs", [["a"] * 3])):
+    for function, extra in (
+        ("complete_claimed_jobs", []),
+        ("complete_claimed_job_ids", []),
+        ("fail_claimed_jobs", [["a"] * 3]),
+    ):
         with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="job_ids has 3 elements"):
             call(conn, function, "w", [1, 2, 3], *extra)
