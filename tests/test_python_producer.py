@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import timedelta
 
@@ -120,3 +121,19 @@ def _jobs(dsn: str) -> list[hopper.Job]:
         return [
             hopper.Job.from_row(r) for r in cursor.execute("SELECT * FROM hopper.jobs ORDER BY id")
         ]
+
+
+def test_returned_jobs_are_the_stored_rows_whatever_the_callers_row_factory(dsn):
+    with psycopg.connect(dsn, row_factory=psycopg.rows.dict_row) as conn:
+        first = hopper.add_job(conn, "a", {"x": 1}, priority=3, tags=["t"], job_key="k")
+        replaced = hopper.add_job(conn, "a", {"x": 2}, job_key="k")
+        many = hopper.add_jobs(conn, [hopper.JobSpec("b"), hopper.JobSpec("c", {"y": 1})])
+        conn.commit()
+    stored = {job.id: job for job in _jobs(dsn)}
+    assert first.outcome is hopper.Outcome.INSERTED
+    assert replaced.outcome is hopper.Outcome.UPDATED and replaced.id == first.id
+    assert dataclasses.replace(replaced, outcome=None) == stored[first.id]
+    assert [job.outcome for job in many] == [hopper.Outcome.INSERTED] * 2
+    assert [dataclasses.replace(job, outcome=None) for job in many] == [
+        stored[job.id] for job in many
+    ]

@@ -89,6 +89,14 @@ class Job:
         fields["outcome"] = None
         return job
 
+    @classmethod
+    def from_added_values(cls, values: Sequence[Any]) -> Job:
+        """From a row of hopper.added_job in ADDED_JOB_SELECT_LIST's order: the
+        columns of hopper.jobs, then the outcome (a producer's fast path)."""
+        job = cls.from_values(values[:-1])
+        job.__dict__["outcome"] = None if values[-1] is None else Outcome(values[-1])
+        return job
+
 
 _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _STATES = {state.value: state for state in JobState}

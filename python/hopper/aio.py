@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import tuple_row
 
 from hopper._options import JobSpec
 from hopper._producer import add_job_call, add_jobs_call
@@ -27,12 +27,14 @@ async def add_job(
     return await _one_job(conn, *add_job_call(identifier, payload, options, schema))
 
 
-async def _one_job(conn: psycopg.AsyncConnection, query: sql.Composed, values: list[Any]) -> Job:
-    async with conn.cursor(row_factory=dict_row) as cursor:
+async def _one_job(
+    conn: psycopg.AsyncConnection, query: str | sql.Composed, values: list[Any]
+) -> Job:
+    async with conn.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query, values)
         row = await cursor.fetchone()
     assert row is not None
-    return Job.from_row(row)
+    return Job.from_added_values(row)
 
 
 async def add_jobs(
@@ -43,9 +45,9 @@ async def add_jobs(
     schema: str = "hopper",
 ) -> list[Job]:
     query, values = add_jobs_call(specs, job_key_preserve_run_at, schema)
-    async with conn.cursor(row_factory=dict_row) as cursor:
+    async with conn.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query, values)
-        return [Job.from_row(row) for row in await cursor.fetchall()]
+        return [Job.from_added_values(row) for row in await cursor.fetchall()]
 
 
 async def quick_add_job(
