@@ -51,7 +51,8 @@ def add_job_call(
 
 @lru_cache(maxsize=256)
 def _add_job_query(schema: str, names: tuple[str, ...], delayed: bool) -> str:
-    """The text of add_job_call's SELECT: composing it cost each call 14 us."""
+    """The text of add_job_call's SELECT: composing it, and psycopg turning the
+    composition into text, cost each call 13 us."""
     arguments: list[sql.Composable] = [sql.SQL("identifier => %s"), sql.SQL("payload => %s")]
     arguments += [sql.SQL("{} => %s").format(sql.Identifier(name)) for name in names]
     if delayed:
@@ -106,7 +107,7 @@ def add_job(
     return _one_job(conn, *add_job_call(identifier, payload, options, schema))
 
 
-def _one_job(conn: psycopg.Connection, query: str | sql.Composed, values: list[Any]) -> Job:
+def _one_job(conn: psycopg.Connection, query: str, values: list[Any]) -> Job:
     # tuples in the select list's order: a dict per row cost the call 8 us
     with conn.cursor(row_factory=tuple_row) as cursor:
         row = cursor.execute(query, values).fetchone()

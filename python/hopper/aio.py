@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import tuple_row
 
 from hopper._options import JobSpec
@@ -27,9 +26,7 @@ async def add_job(
     return await _one_job(conn, *add_job_call(identifier, payload, options, schema))
 
 
-async def _one_job(
-    conn: psycopg.AsyncConnection, query: str | sql.Composed, values: list[Any]
-) -> Job:
+async def _one_job(conn: psycopg.AsyncConnection, query: str, values: list[Any]) -> Job:
     async with conn.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query, values)
         row = await cursor.fetchone()
