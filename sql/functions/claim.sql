@@ -108,59 +108,6 @@ BEGIN
 END
 $$;
 
--- The first walk's candidates (ids, any_queue, row_ids), completed from
--- every key with work when other claimers held jobs of the shares (the
--- first walk locked fewer than the shares add up to): a second walk locks
--- under each key up to what the batch lacks and keeps the first of those.
--- The others stay locked until the claim commits.
-CREATE OR REPLACE FUNCTION hopper._lock_rest(
-    task_keys integer[],
-    shares integer[],
-    INOUT ids bigint[],
-    INOUT any_queue boolean,
-    INOUT row_ids tid[],
-    batch_size integer,
-    task_names text[],
-    forbidden_flags text[],
-    claim_time timestamptz
-)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    lacking integer := batch_size - coalesce(cardinality(ids), 0);
-BEGIN
-    IF coalesce(cardinality(ids), 0) >= (SELECT sum(s.share) FROM unnest(shares) AS s (share)) THEN
-        RETURN;
-    END IF;
-    -- the walk of _claim, under every key, without the jobs it holds
-    SELECT
-        nullif(coalesce(ids, '{}') || array_agg(r.id), '{}'),
-        coalesce(any_queue, false) OR coalesce(bool_or(r.queue_name IS NOT NULL), false),
-        coalesce(row_ids, '{}') || array_agg(r.row_id)
-    INTO ids, any_queue, row_ids
-    FROM (
-        SELECT c.id, c.row_id, c.queue_name
-        FROM unnest(task_keys) AS task (task_key)
-        CROSS JOIN LATERAL (
-            SELECT j.id, j.row_id, j.queue_name, j.priority, j.run_at
-            FROM hopper._claimable_jobs AS j
-            WHERE
-                hashtext(j.task_identifier) = task.task_key
-                AND (task_names IS NULL OR j.task_identifier = any(task_names))
-                AND j.run_at <= claim_time
-                AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-                AND j.id <> ALL(coalesce(ids, '{}'))
-            ORDER BY j.priority, j.run_at, j.id
-            LIMIT lacking
-            FOR UPDATE OF j SKIP LOCKED
-        ) AS c
-        ORDER BY c.priority, c.run_at, c.id
-        LIMIT lacking
-    ) AS r;
-END
-$$;
-
 -- Of the locked candidates, the ids a batch may take: no more jobs of a
 -- named queue than it has free slots, which it takes (queue.running grows).
 CREATE OR REPLACE FUNCTION hopper._within_queue_limits(candidate_ids bigint[])
@@ -222,7 +169,7 @@ $$;
 -- their ids. Each task key's range of jobs_pending_by_task is walked for its
 -- share of the batch (_batch_shares), so a claim locks no more jobs than it
 -- takes; only when other claimers held jobs of those shares does a second
--- walk look for the rest under every key with work. A claim of any task
+-- pass look for the rest under every key with work. A claim of any task
 -- walks every key that has pending jobs: no index holds all pending jobs in
 -- claim order (it cost a fifth of an insert). Statements rather than calls
 -- of helpers wherever a claim of one job passes: each call costs a claim
@@ -242,6 +189,10 @@ AS $$
 DECLARE
     task_keys integer[];
     shares integer[] := ARRAY[batch_size];
+    wanted integer := batch_size;
+    walk_keys integer[];
+    limits integer[];
+    taken integer;
     candidate_ids bigint[];
     any_queue boolean;
     row_ids tid[];
@@ -300,31 +251,46 @@ BEGIN
         shares := hopper._batch_shares(
             task_keys[1:batch_size], batch_size, task_identifiers, forbidden_flags, claim_time
         );
+        wanted := (SELECT sum(s.share) FROM unnest(shares) AS s (share));
     END IF;
-    -- the walk: under each key, its share in claim order
-    SELECT array_agg(c.id), bool_or(c.queue_name IS NOT NULL), array_agg(c.row_id)
-    INTO candidate_ids, any_queue, row_ids
-    FROM unnest(task_keys[1:batch_size], shares) AS task (task_key, max_jobs)
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.row_id, j.queue_name
-        FROM hopper._claimable_jobs AS j
-        WHERE
-            hashtext(j.task_identifier) = task.task_key
-            AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
-            AND j.run_at <= claim_time
-            AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
-        ORDER BY j.priority, j.run_at, j.id
-        LIMIT task.max_jobs
-        FOR UPDATE OF j SKIP LOCKED
-    ) AS c
-    WHERE task.max_jobs > 0;
-    IF cardinality(task_keys) > 1 THEN
-        SELECT r.ids, r.any_queue, r.row_ids INTO candidate_ids, any_queue, row_ids
-        FROM hopper._lock_rest(
-            task_keys, shares, candidate_ids, any_queue, row_ids,
-            batch_size, task_identifiers, forbidden_flags, claim_time
+    -- The walk: under each key, its share in claim order. When other
+    -- claimers held jobs of the shares (it locked fewer than they add up
+    -- to), a second pass walks every key with work for what the batch still
+    -- lacks and keeps the first of what it locks; the others stay locked
+    -- until the claim commits.
+    walk_keys := task_keys[1:batch_size];
+    limits := shares;
+    FOR pass IN 1..2 LOOP
+        SELECT
+            nullif(coalesce(candidate_ids, '{}') || array_agg(r.id), '{}'),
+            coalesce(any_queue, false) OR coalesce(bool_or(r.queue_name IS NOT NULL), false),
+            coalesce(row_ids, '{}') || array_agg(r.row_id)
+        INTO candidate_ids, any_queue, row_ids
+        FROM (
+            SELECT c.id, c.row_id, c.queue_name
+            FROM unnest(walk_keys, limits) AS task (task_key, max_jobs)
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.row_id, j.queue_name, j.priority, j.run_at
+                FROM hopper._claimable_jobs AS j
+                WHERE
+                    hashtext(j.task_identifier) = task.task_key
+                    AND (task_identifiers IS NULL OR j.task_identifier = any(task_identifiers))
+                    AND j.run_at <= claim_time
+                    AND (forbidden_flags IS NULL OR j.flags IS NULL OR NOT j.flags && forbidden_flags)
+                    AND j.id <> ALL(coalesce(candidate_ids, '{}'))
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT task.max_jobs
+                FOR UPDATE OF j SKIP LOCKED
+            ) AS c
+            WHERE task.max_jobs > 0
+            ORDER BY c.priority, c.run_at, c.id
+            LIMIT batch_size - coalesce(cardinality(candidate_ids), 0)
         ) AS r;
-    END IF;
+        taken := coalesce(cardinality(candidate_ids), 0);
+        EXIT WHEN pass = 2 OR cardinality(task_keys) = 1 OR taken >= wanted;
+        walk_keys := task_keys;
+        limits := array_fill(batch_size - taken, ARRAY[cardinality(task_keys)]);
+    END LOOP;
     IF candidate_ids IS NULL THEN
         RETURN '{}';
     END IF;
@@ -433,7 +399,7 @@ BEGIN
         ARRAY(
             SELECT j FROM hopper._jobs AS j
             WHERE j.state = 'running' AND j.locked_at < get_jobs.now - job_expiry
-                AND NOT EXISTS (SELECT FROM hopper._workers AS w WHERE w.id = j.locked_by)
+                AND NOT EXISTS (SELECT FROM hopper._workers AS holder WHERE holder.id = j.locked_by)
             ORDER BY j.id
             FOR UPDATE SKIP LOCKED
         ),
