@@ -4,6 +4,7 @@ killed backends and a server restart, hung handlers, a long open transaction."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 import time
@@ -11,6 +12,7 @@ import time
 import psycopg
 import pytest
 import worker_tasks
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from workerprocs import WorkerProcess, scalar, wait_until, worker_in_thread
 
@@ -111,6 +113,46 @@ def test_a_retirement_learnt_twice_gives_one_new_id(dsn, conn):
         assert conn.execute(live).fetchone()["ids"] == [second]
         added = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
         wait_until(lambda: job_row(dsn, added)[0] == "completed", 10, "a job under the new id")
+
+
+def test_a_worker_given_a_retired_id_refuses_to_start(dsn, conn):
+    """An id fences the claims made under it, so an id that unregistered (a clean
+    stop) or was rescued is refused for good. A worker given one retried its
+    registration for eight minutes, deaf to stop(), as if the database were out of
+    reach, and then ran unregistered."""
+    conn.execute("SELECT hopper.register_worker('fixed-id')")
+    conn.execute("SELECT * FROM hopper.unregister_worker('fixed-id')")
+    worker = hopper.Worker(dsn, worker_tasks.tasks, worker_id="fixed-id")
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="was retired"):
+        asyncio.run(asyncio.wait_for(worker.run(), 10))
+    assert time.monotonic() - started < 5
+    assert worker.db._pool is None  # closed
+    live = conn.execute("SELECT count(*) AS n FROM hopper._workers WHERE retired_at IS NULL")
+    assert live.fetchone()["n"] == 0
+
+
+def test_a_worker_that_cannot_register_yet_stops_when_told(dsn, conn, caplog):
+    """Registration is retried while it fails for a reason that can pass: here a
+    lock on the worker's row, under lock_timeout. stop() ends the retries, and
+    the worker ends without having claimed anything."""
+    caplog.set_level(logging.INFO, logger="hopper")
+    holder = psycopg.connect(dsn)
+    holder.execute("INSERT INTO hopper._workers (id) VALUES ('held-id')")  # not committed
+    added = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
+    worker = hopper.Worker(
+        make_conninfo(dsn, options="-c lock_timeout=50"), worker_tasks.tasks,
+        worker_id="held-id", poll_interval=0.1,
+    )  # fmt: skip
+    try:
+        with worker_in_thread(worker):
+            wait_until(lambda: "register failed" in caplog.text, 10, "a failed registration")
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 6  # the longest pause between tries is 5 s
+    finally:
+        holder.close()
+    assert job_row(dsn, added)[:2] == ("pending", 0)
+    assert "stopped before it could register" in caplog.text
 
 
 def test_a_handler_that_swallows_its_cancellation_does_not_keep_the_worker_from_stopping(dsn, conn):

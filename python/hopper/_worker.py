@@ -72,7 +72,10 @@ class Worker:
     """Runs the handlers of ``tasks`` for jobs of the database at ``dsn_or_conn``.
 
     ``run()`` processes jobs until ``stop()``; ``run_once()`` processes every job
-    due now and returns how many it ran.
+    due now and returns how many it ran. ``worker_id`` (by default
+    ``host:pid:random``) is the lock owner of the jobs it claims. An id that
+    unregistered, or whose jobs were rescued, is retired and refused (55000), so a
+    fixed one serves a single run.
     """
 
     def __init__(
@@ -168,7 +171,15 @@ class Worker:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.db.open()
-        await self._register()
+        try:
+            registered = await self._register()
+        except BaseException:
+            await self.db.close()
+            raise
+        if not registered:
+            await self.db.close()
+            logger.info("worker %s stopped before it could register", self.worker_id)
+            return
         helpers = [
             asyncio.create_task(self._report_forever(), name="reporting"),
             asyncio.create_task(self._heartbeat_forever(), name="heartbeat"),
@@ -419,19 +430,28 @@ class Worker:
 
     # --- liveness: registration, heartbeats, rescue ------------------------------
 
-    async def _register(self) -> None:
+    async def _register(self) -> bool:
+        """Registers worker_id, retrying while that fails for a reason that can pass
+        (the database out of reach, a lock timeout) until it succeeds or the worker
+        stops; returns whether it registered. A retired id raises at once: an id
+        fences its claims, so it serves one run (give each start a new one)."""
         metadata = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "concurrency": self.concurrency,
             "tasks": self.tasks.names(),
         }
-        for failures in range(1, 100):
+        failures = 0
+        while not self._stopping:
             try:
                 await self.db.register(self.worker_id, metadata)
-                return
+                return True
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                raise
             except psycopg.OperationalError as error:
+                failures += 1
                 await self._sleep_after_failure("register", error, failures)
+        return False
 
     async def _heartbeat_forever(self) -> None:
         """Heartbeat, pick up cancellation requests, and rescue dead workers' jobs."""
