@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -12,6 +13,9 @@ from sqlcalls import add_job, call, job
 
 import hopper
 from hopper._tasks import Completed
+
+if TYPE_CHECKING:
+    from hopper import JobContext
 
 
 def test_sync_and_async_handlers_store_results(dsn, conn):
@@ -41,6 +45,53 @@ def test_pydantic_validation_failure_is_permanent_and_names_the_field(dsn, conn)
     assert failed["state"] == "failed"  # max_attempts 25, yet no retry
     assert failed["last_error"] == "payload is invalid: subject: Field required"
     assert job(conn, good)["result"] == {"sent_to": "a@b.c"}
+
+
+def test_a_handler_may_annotate_its_context_with_a_name_for_type_checkers_only(dsn, conn):
+    """JobContext imported under TYPE_CHECKING (as ruff's TCH rules ask) cannot be
+    evaluated at runtime: registering such a handler raised NameError, since hopper
+    evaluated every annotation to find the payload's model."""
+    tasks = hopper.TaskRegistry()
+
+    @tasks.task("typed")
+    def typed(payload: dict, job: JobContext) -> dict:
+        return {"attempt": job.job.attempts, **payload}
+
+    target = add_job(conn, "typed", {"n": 1})["id"]
+    assert hopper.run_once(dsn, tasks) == 1
+    assert job(conn, target)["result"] == {"attempt": 1, "n": 1}
+
+
+def test_a_callable_object_may_be_a_handler_with_a_model_and_async(dsn, conn):
+    """Its model and whether it is async are read from its __call__: the payload
+    went unvalidated, and an async __call__ ran in a thread and returned a coroutine
+    as its result."""
+
+    class Sender:
+        async def __call__(self, payload: worker_tasks.EmailPayload) -> dict:
+            await asyncio.sleep(0)
+            return {"to": payload.to}
+
+    tasks = hopper.TaskRegistry()
+    tasks.task("send")(Sender())
+    bad = add_job(conn, "send", {"to": "a@b.c"})["id"]
+    good = add_job(conn, "send", {"to": "a@b.c", "subject": "hi"})["id"]
+    assert hopper.run_once(dsn, tasks) == 2
+    assert job(conn, bad)["last_error"] == "payload is invalid: subject: Field required"
+    assert (job(conn, good)["state"], job(conn, good)["result"]) == ("completed", {"to": "a@b.c"})
+
+
+def test_a_payload_annotation_that_cannot_be_evaluated_is_refused_at_registration():
+    """The payload's annotation decides whether it is validated, so one that cannot
+    be evaluated (a model defined after the handler, say) must not be skipped."""
+    tasks = hopper.TaskRegistry()
+    with pytest.raises(TypeError, match=r"handler early: the annotation of its payload"):
+
+        @tasks.task("early")
+        def early(payload: DefinedLater) -> None:  # noqa: F821
+            return None
+
+    assert "early" not in tasks
 
 
 def test_batch_job_retries_only_failed_elements(dsn, conn):

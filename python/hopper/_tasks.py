@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
 import re
 import sys
 import threading
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,7 +60,7 @@ class TaskRegistry:
                 timeout=parse_duration(timeout, "timeout") if timeout is not None else None,
                 payload_model=_payload_model(handler),
                 takes_context=len(inspect.signature(handler).parameters) >= 2,
-                is_async=inspect.iscoroutinefunction(handler),
+                is_async=_is_async(handler),
             )
             return handler
 
@@ -74,12 +76,52 @@ class TaskRegistry:
 def _payload_model(handler: Handler) -> type[pydantic.BaseModel] | None:
     parameters = list(inspect.signature(handler).parameters)
     if not parameters:
-        raise TypeError(f"handler {handler.__name__} must take the payload as first parameter")
-    annotation = typing.get_type_hints(handler).get(parameters[0])
+        raise TypeError(f"handler {_name(handler)} must take the payload as first parameter")
+    annotation = _evaluated_annotation(handler, parameters[0])
     imported = _imported_pydantic()
     if imported and inspect.isclass(annotation) and issubclass(annotation, imported.BaseModel):
         return typing.cast("type[pydantic.BaseModel]", annotation)
     return None
+
+
+def _name(handler: Handler) -> str:
+    return getattr(handler, "__name__", type(handler).__name__)
+
+
+def _is_async(handler: Handler) -> bool:
+    # Python 3.11 does not look into an object's __call__
+    return inspect.iscoroutinefunction(handler) or (
+        not inspect.isroutine(handler) and inspect.iscoroutinefunction(type(handler).__call__)
+    )
+
+
+def _evaluated_annotation(handler: Handler, name: str) -> Any:
+    """The annotation of the handler's parameter name, evaluated as
+    typing.get_type_hints does. Only that one: the others may name what a module
+    imports for type checkers alone (a JobContext under TYPE_CHECKING), which
+    cannot be evaluated at runtime."""
+    function = inspect.unwrap(handler)
+    if isinstance(function, functools.partial):
+        function = function.func
+    elif not inspect.isroutine(function):
+        function = type(function).__call__  # an instance of a class with __call__
+    annotations = getattr(function, "__annotations__", None) or {}
+    if name not in annotations:
+        return None
+    probe = types.FunctionType(_carry_an_annotation.__code__, getattr(function, "__globals__", {}))
+    probe.__annotations__ = {name: annotations[name]}
+    try:
+        return typing.get_type_hints(probe)[name]
+    except NameError as error:
+        raise TypeError(
+            f"handler {_name(handler)}: the annotation of its payload parameter"
+            f" ({annotations[name]!r}) cannot be evaluated ({error}); hopper reads it to"
+            " find a pydantic model to validate the payload with"
+        ) from error
+
+
+def _carry_an_annotation() -> None:
+    """Its code makes the function that takes one annotation to get_type_hints."""
 
 
 def _imported_pydantic() -> Any:
