@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import threading
 import time
 
@@ -153,6 +154,20 @@ def test_a_worker_that_cannot_register_yet_stops_when_told(dsn, conn, caplog):
         holder.close()
     assert job_row(dsn, added)[:2] == ("pending", 0)
     assert "stopped before it could register" in caplog.text
+
+
+def test_a_worker_stopped_while_it_waits_for_its_first_connection_ends_at_once(dsn):
+    """With the database out of reach at start the pool waits up to 30 s for a
+    first connection; stop() (SIGTERM) did nothing meanwhile. It now ends the wait,
+    and the pool is closed instead of connecting on in the background."""
+    with socket.create_server(("127.0.0.1", 0)) as unused:
+        port = unused.getsockname()[1]
+    worker = hopper.Worker(make_conninfo(dsn, port=port), worker_tasks.tasks)
+    with worker_in_thread(worker):
+        time.sleep(0.5)  # the pool is waiting for a connection
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 5
+    assert worker.db._pool is None
 
 
 def test_a_handler_that_swallows_its_cancellation_does_not_keep_the_worker_from_stopping(dsn, conn):

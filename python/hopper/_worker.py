@@ -150,6 +150,7 @@ class Worker:
         # jobs whose completion failed on the way: it may have committed all the same
         self._maybe_reported: set[int] = set()
         self._unknown_releasable = True
+        self._opening: asyncio.Task[None] | None = None
         self._claiming: asyncio.Task[None] | None = None
         self._settling: asyncio.Task[None] | None = None
         # our last claim came up short, so the database counts us waiting and
@@ -163,6 +164,8 @@ class Worker:
         self._stop_now = self._stop_now or immediately or self._stopping
         self._stopping = True
         self._wake.set()
+        if self._opening is not None:
+            self._opening.cancel()  # a no-op once open
         if self._claiming is not None:
             self._claiming.cancel()
         if self._stop_now and self._settling is not None:
@@ -170,14 +173,7 @@ class Worker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.db.open()
-        try:
-            registered = await self._register()
-        except BaseException:
-            await self.db.close()
-            raise
-        if not registered:
-            await self.db.close()
+        if not await self._start_up():
             logger.info("worker %s stopped before it could register", self.worker_id)
             return
         helpers = [
@@ -221,6 +217,24 @@ class Worker:
             logger.info("worker %s stopped", self.worker_id)
         if self._helper_error is not None:
             raise self._helper_error
+
+    async def _start_up(self) -> bool:
+        """Opens the pool (waiting up to 30 s for a first connection) and registers;
+        False when stop() came first. Whatever ends it early closes the pool, which
+        would otherwise go on connecting in the background."""
+        self._opening = asyncio.create_task(self.db.open(), name="opening")
+        try:
+            await self._opening
+            registered = await self._register()
+        except BaseException:
+            await self.db.close()
+            current = asyncio.current_task()
+            if self._opening.cancelled() and not (current and current.cancelling()):
+                return False  # stop() ended the wait for a connection
+            raise
+        if not registered:
+            await self.db.close()
+        return registered
 
     def _helper_ended(self, helper: asyncio.Task[None]) -> None:
         """Helpers end by being cancelled at shutdown (the schedules one also when its
