@@ -37,6 +37,43 @@ def test_write_and_completion_commit_together(dsn, conn, ledger):
     assert job(conn, sync_job)["state"] == "completed"
 
 
+def test_a_commit_that_fails_completes_nothing_and_the_job_is_still_reported(dsn, conn):
+    """The job counted as completed by its transaction once the completion ran,
+    before the COMMIT: a COMMIT refused by a deferred constraint left a handler
+    that caught the error and returned reported as done, so its job stayed running
+    under a live worker (until the worker released jobs it did not know of)."""
+    conn.execute(
+        "CREATE TABLE deferred (id int PRIMARY KEY,"
+        " parent int REFERENCES deferred (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    tasks = hopper.TaskRegistry()
+
+    @tasks.task("async_commit")
+    async def async_commit(payload: dict, job: hopper.JobContext) -> str:
+        try:
+            async with job.transaction("in the transaction") as own:
+                await own.execute("INSERT INTO deferred VALUES (%s, 0)", [payload["n"]])
+        except psycopg.errors.ForeignKeyViolation:
+            return "after the refused commit"
+        return "unreachable"
+
+    @tasks.task("sync_commit")
+    def sync_commit(payload: dict, job: hopper.JobContext) -> str:
+        try:
+            with job.transaction("in the transaction") as own:
+                own.execute("INSERT INTO deferred VALUES (%s, 0)", [payload["n"]])
+        except psycopg.errors.ForeignKeyViolation:
+            return "after the refused commit"
+        return "unreachable"
+
+    targets = [add_job(conn, task, {"n": n})["id"] for n, task in enumerate(tasks.names(), 1)]
+    assert hopper.run_once(dsn, tasks) == 2
+    for target in targets:
+        done = job(conn, target)
+        assert (done["state"], done["result"]) == ("completed", "after the refused commit")
+    assert conn.execute("SELECT count(*) AS n FROM deferred").fetchone()["n"] == 0
+
+
 def test_failing_handler_rolls_its_writes_back(dsn, conn, ledger):
     target = add_job(conn, "ledger", {"amount": 5, "explode": True})["id"]
     hopper.run_once(dsn, worker_tasks.tasks)

@@ -269,7 +269,6 @@ class JobTransaction:
     def _check(self, row: Any) -> None:
         if row is None or row[0] is None:
             raise JobLost(f"job {self.context.job.id} is no longer held by this worker")
-        self.context.completed_in_transaction = True
 
     async def __aenter__(self) -> psycopg.AsyncConnection:
         self._async = (await self.db.job_pool()).connection()
@@ -285,6 +284,9 @@ class JobTransaction:
                 query, params = self._completion()
                 self._check(await (await conn.execute(query, params)).fetchone())
                 await conn.execute("COMMIT")
+                # only now: a COMMIT that fails (a deferred constraint) completed
+                # nothing, and a handler that goes on must still be reported
+                self.context.completed_in_transaction = True
             else:
                 await conn.execute("ROLLBACK")
         except BaseException:
@@ -309,6 +311,7 @@ class JobTransaction:
                     conn.rollback()
                     raise
                 conn.commit()
+                self.context.completed_in_transaction = True
             else:
                 conn.rollback()
         finally:
