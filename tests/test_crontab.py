@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 from sqlcalls import call
 from test_cli import hopper as run_cli
+from workerprocs import wait_until
 
 from hopper import CrontabError, CrontabItem, parse_crontab, sync_crontab
 
@@ -77,6 +79,44 @@ def test_sync_adds_replaces_and_removes_only_crontab_schedules(conn):
         {"name": "crontab:send_digest", "cron": "*/5 * * * *", "job_options": {},
          "last_fired_at": fired},
     ]  # fmt: skip
+
+
+def test_syncs_of_two_versions_of_a_crontab_at_once_do_not_deadlock(dsn, conn):
+    """Workers of a rolling deploy start with the old and the new file at once.
+    Each sync locks its schedules as it replaces them and then removes the ones
+    its file lacks: a locks s1 and waits for s2, b locks s3 and waits for s2, a
+    gets s2 and must remove s3. The deadlock detector aborted one of them (its
+    worker did not start); now the syncs take turns, and the last one's file wins."""
+    sync_crontab(conn, parse_crontab("@daily s1\n@daily s2\n@daily s3"))
+    holder = psycopg.connect(dsn)
+    holder.execute("SELECT FROM hopper._schedules WHERE name = 'crontab:s2' FOR UPDATE")
+    errors: list[Exception] = []
+
+    def sync(text: str) -> None:
+        try:
+            with psycopg.connect(dsn) as own:
+                sync_crontab(own, parse_crontab(text))
+        except psycopg.Error as error:
+            errors.append(error)
+
+    def waiting() -> int:
+        return conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()["n"]
+
+    first = threading.Thread(target=sync, args=("@daily s1\n@daily s2",))
+    first.start()
+    wait_until(lambda: waiting() == 1, 10, "the first sync to wait for s2")
+    second = threading.Thread(target=sync, args=("@daily s3\n@daily s2",))
+    second.start()
+    wait_until(lambda: waiting() == 2, 10, "the second sync to wait")
+    holder.close()
+    first.join(15)
+    second.join(15)
+    assert errors == []
+    names = conn.execute("SELECT name FROM hopper.schedules ORDER BY name").fetchall()
+    assert [r["name"] for r in names] == ["crontab:s2", "crontab:s3"]
 
 
 def test_a_crontab_the_database_refuses_changes_nothing(conn):

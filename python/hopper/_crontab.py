@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from hopper._migrate import advisory_key
+
 # schedules synced from a crontab are named with this prefix, so that a sync
 # can remove the ones whose lines are gone without touching any other
 NAME_PREFIX = "crontab:"
@@ -103,9 +105,12 @@ def sync_crontab(
 ) -> None:
     """Makes the crontab's schedules exactly ``items``, in one transaction: each
     is added or replaced (keeping its last firing); crontab schedules no longer
-    listed are removed. Needs a role that may call add_schedule."""
+    listed are removed. Needs a role that may call add_schedule. Concurrent syncs
+    (workers of a rolling deploy, started with two versions of the file) take
+    turns: each locks rows the other's removes, so they could deadlock."""
     s = sql.Identifier(schema)
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key(f"hopper crontab {schema}")])
         for item in items:
             named = [sql.SQL("{} => %s").format(sql.Identifier(k)) for k in item.options]
             conn.execute(

@@ -78,7 +78,12 @@ def validate_schema(schema: str) -> str:
 
 
 def _lock_key(schema: str) -> int:
-    digest = hashlib.sha256(f"hopper migrate {schema}".encode()).digest()
+    return advisory_key(f"hopper migrate {schema}")
+
+
+def advisory_key(purpose: str) -> int:
+    """A pg_advisory_xact_lock key (a bigint) of its own for purpose."""
+    digest = hashlib.sha256(purpose.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
