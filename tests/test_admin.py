@@ -64,7 +64,9 @@ def test_remove_job_deletes_unlocked_job_and_unkeys_running_one(conn):
     removed = call_one(conn, "remove_job", "b")
     assert (removed["id"], removed["state"], removed["key"]) == (running, "running", None)
     assert call_one(conn, "fail_job", "w1", running, "x")["state"] == "failed"
-    assert call_one(conn, "remove_job", "missing")["id"] is None
+    # NULL, as job_status of a missing job: it read as a record whose state was pending
+    missing = conn.execute("SELECT hopper.remove_job('missing') IS NULL AS none").fetchone()
+    assert missing["none"] is True
 
 
 def test_force_unlock_workers_makes_jobs_runnable_and_frees_queue(conn):

@@ -124,6 +124,11 @@ BEGIN
     ELSE
         PERFORM hopper._cancel_dependents_of_removed(removed);
     END IF;
+    IF removed.id IS NULL THEN
+        -- no such job: NULL, not the record _present makes of an empty row
+        -- (every field NULL but its derived state)
+        RETURN NULL;
+    END IF;
     RETURN hopper._present(removed);
 END
 $$;
