@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -137,3 +139,19 @@ def test_returned_jobs_are_the_stored_rows_whatever_the_callers_row_factory(dsn)
     assert [dataclasses.replace(job, outcome=None) for job in many] == [
         stored[job.id] for job in many
     ]
+
+
+def test_the_async_twins_are_reached_from_a_bare_import_of_hopper(dsn):
+    """hopper.aio needed its own import: after "import hopper" alone,
+    hopper.aio.add_job raised AttributeError."""
+    code = (
+        "import asyncio, sys, psycopg, hopper\n"
+        "async def main():\n"
+        "    async with await psycopg.AsyncConnection.connect(sys.argv[1]) as conn:\n"
+        "        print((await hopper.aio.add_job(conn, 'bare', {'n': 1})).payload)\n"
+        "asyncio.run(main())\n"
+    )
+    added = subprocess.run(
+        [sys.executable, "-c", code, dsn], capture_output=True, text=True, timeout=60
+    )
+    assert (added.returncode, added.stdout.strip()) == (0, "{'n': 1}"), added.stderr

@@ -1,5 +1,7 @@
 """hopper: a PostgreSQL job queue whose behaviour lives in versioned SQL."""
 
+# so that hopper.aio works after a bare "import hopper"
+from hopper import aio
 from hopper._crontab import CrontabError, CrontabItem, parse_crontab, sync_crontab
 from hopper._migrate import MigrationError, migrate
 from hopper._options import JobSpec, batch_ref, parse_duration
@@ -22,6 +24,7 @@ __all__ = [
     "Worker",
     "add_job",
     "add_jobs",
+    "aio",
     "batch_ref",
     "migrate",
     "parse_crontab",
