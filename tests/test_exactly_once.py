@@ -91,6 +91,27 @@ def test_job_taken_away_before_commit_rolls_back_the_writes(dsn, conn, ledger):
     assert final["last_error"].endswith("with no attempt left")
 
 
+def test_a_handler_can_catch_the_lost_job_by_its_documented_name(dsn, conn):
+    """The README tells handlers that hopper.JobLost is raised; the package did not
+    export it (only hopper._tasks had it), so "except hopper.JobLost" raised
+    AttributeError instead."""
+    caught: list[str] = []
+    tasks = hopper.TaskRegistry()
+
+    @tasks.task("lose")
+    async def lose(payload: dict, job: hopper.JobContext) -> None:
+        try:
+            async with job.transaction():
+                with psycopg.connect(dsn, autocommit=True) as other:
+                    other.execute("SELECT hopper.force_unlock_workers(%s)", [[job.worker_id]])
+        except hopper.JobLost as error:
+            caught.append(str(error))
+
+    target = add_job(conn, "lose", {}, max_attempts=1)["id"]
+    hopper.run_once(dsn, tasks)
+    assert caught == [f"job {target} is no longer held by this worker"]
+
+
 def test_transaction_needs_a_dsn_worker(dsn, conn, ledger):
     target = add_job(conn, "ledger", {"amount": 5})["id"]
     with psycopg.connect(dsn, autocommit=True) as own:

@@ -7,7 +7,7 @@ from hopper._migrate import MigrationError, migrate
 from hopper._options import JobSpec, batch_ref, parse_duration
 from hopper._producer import add_job, add_jobs, quick_add_job
 from hopper._records import Job, JobState, Outcome
-from hopper._tasks import JobContext, PermanentFailure, TaskRegistry
+from hopper._tasks import JobContext, JobLost, PermanentFailure, TaskRegistry
 from hopper._worker import Worker, run_once, run_worker
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "CrontabItem",
     "Job",
     "JobContext",
+    "JobLost",
     "JobSpec",
     "JobState",
     "MigrationError",
