@@ -60,6 +60,22 @@ def test_composite_array_form_matches_jsonb_form(conn):
     ]
 
 
+def test_a_json_array_written_as_a_string_literal_is_taken(conn):
+    """'[...]' from psql, or a driver's untyped string, matched both the jsonb and
+    the job_spec[] form, and PostgreSQL refused the call as ambiguous (the README's
+    own quick start did so). The text form takes it as the jsonb form would."""
+    text = '[{"identifier": "a"}, {"identifier": "b", "priority": -1, "job_key": "k"}]'
+    rows = conn.execute(f"SELECT * FROM hopper.add_jobs('{text}')").fetchall()
+    assert [(r["task_identifier"], r["priority"], r["outcome"]) for r in rows] == [
+        ("a", 0, "inserted"),
+        ("b", -1, "inserted"),
+    ]
+    again = conn.execute(f"SELECT * FROM hopper.add_jobs('{text}', true)").fetchall()
+    assert [r["outcome"] for r in again] == ["inserted", "updated"]
+    sent = conn.execute("SELECT * FROM hopper.add_jobs(%s)", ['[{"identifier": "c"}]'])
+    assert [r["task_identifier"] for r in sent.fetchall()] == ["c"]
+
+
 def test_repeated_key_within_one_call_is_applied_in_order(conn):
     specs = [
         {"identifier": "t", "job_key": "k", "payload": [1]},

@@ -31,7 +31,9 @@ WORKER = PRODUCER | {
 # one harmless call per operation; "me" is replaced by the role's name
 OPERATIONS = {
     "add_job": "SELECT hopper.add_job('t')",
-    "add_jobs": 'SELECT hopper.add_jobs(\'[{"identifier": "t"}]\'::jsonb)',
+    # the jsonb form and the text form (an untyped literal)
+    "add_jobs": 'SELECT hopper.add_jobs(\'[{"identifier": "t"}]\'::jsonb),'
+    ' hopper.add_jobs(\'[{"identifier": "t"}]\')',
     "job_status": "SELECT hopper.job_status(1)",
     "register_worker": "SELECT hopper.register_worker('me')",
     "heartbeat": "SELECT hopper.register_worker('me'), hopper.heartbeat('me')",

@@ -575,3 +575,28 @@ BEGIN
     );
 END
 $$;
+
+-- add_jobs of a JSON array given as text: a string literal ('[...]' from psql)
+-- or a driver's untyped string matches both other forms, which PostgreSQL
+-- refuses to choose between; text is the type it picks for such an argument.
+CREATE OR REPLACE FUNCTION hopper.add_jobs(
+    specs text,
+    job_key_preserve_run_at boolean DEFAULT false
+) RETURNS SETOF hopper.added_job
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parsed jsonb;
+BEGIN
+    PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
+    BEGIN
+        parsed := specs::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        PERFORM hopper._raise('add_jobs', '22023', format(
+            'specs must be a JSON array (got text that is not JSON: %s)', sqlerrm
+        ));
+    END;
+    RETURN QUERY SELECT * FROM hopper.add_jobs(parsed, job_key_preserve_run_at);
+END
+$$;
