@@ -167,6 +167,44 @@ def test_a_missing_prerequisite_raises_23503_and_adds_nothing(conn):
     assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 1
 
 
+def next_job_id(conn) -> int:
+    return conn.execute(
+        "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS n"
+        " FROM hopper._jobs_id_seq"
+    ).fetchone()["n"]
+
+
+@pytest.mark.parametrize("job_key", [None, "keyed"])
+def test_a_job_cannot_name_its_own_id_as_a_prerequisite(conn, job_key):
+    """The existence check ran after the insert, so an id guessed from the sequence
+    passed for the job's own: it was stored waiting on itself, for good."""
+    own = next_job_id(conn)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        add_job(conn, "t", depends_on=[own], job_key=job_key)
+    assert raised.value.diag.message_primary == (
+        f"add_job: depends_on names job {own}, which does not exist"
+    )
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+
+
+def test_a_plain_id_of_a_job_of_the_same_call_is_refused(conn):
+    """Two specs naming each other by guessed ids made a cycle no check saw (SPEC.md
+    3.4: a cycle is possible only through batch references, which are checked)."""
+    first = next_job_id(conn)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as raised:
+        add_batch(
+            conn,
+            {"identifier": "a", "depends_on": [first + 1]},
+            {"identifier": "b", "depends_on": [first]},
+        )
+    assert raised.value.diag.message_primary == (
+        f"add_jobs: spec at index 0: depends_on names job {first + 1}, which does not exist"
+    )
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+    rows = add_batch(conn, {"identifier": "a"}, {"identifier": "b", "depends_on": [-1]})
+    assert rows[1]["depends_on"] == [rows[0]["id"]]
+
+
 def test_failed_prerequisite_cancels_dependents_transitively(conn):
     root = add_job(conn, "a", max_attempts=1)["id"]
     rows = add_batch(

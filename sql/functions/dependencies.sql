@@ -670,6 +670,7 @@ BEGIN
         FOR attempt IN 1..3 LOOP
             BEGIN
                 SELECT a.ids, a.outcomes INTO ids, outcomes FROM hopper._apply_specs(specs) AS a;
+                PERFORM hopper._refuse_unborn_prerequisites(fn, specs, ids, outcomes, name_index);
                 PERFORM hopper._hold_dependents(fn, specs, ids, outcomes, name_index);
                 EXIT;
             EXCEPTION WHEN deadlock_detected THEN
@@ -698,6 +699,7 @@ BEGIN
     END IF;
     ids := hopper._insert_dependent_jobs(specs);
     outcomes := array_fill('inserted'::text, ARRAY[cardinality(specs)]);
+    PERFORM hopper._refuse_unborn_prerequisites(fn, specs, ids, outcomes, name_index);
     PERFORM hopper._hold_waiting(fn, specs, ARRAY(
         SELECT x.id FROM unnest(specs, ids) AS x (
             identifier, payload, queue_name, run_at, max_attempts, job_key, priority,
@@ -857,26 +859,66 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     locked record := hopper._lock_prerequisites(held);
-    missing bigint[] := locked.missing;
-    culprit record;
 BEGIN
-    IF cardinality(missing) > 0 THEN
-        SELECT a.n - 1 AS spec_index, m.id INTO culprit
-        FROM unnest(specs) WITH ORDINALITY AS a (
-            identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
-            job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
-            backoff_max, dead_letter, n
-        )
-        CROSS JOIN unnest(missing) AS m (id)
-        WHERE m.id = any(a.depends_on)
-        ORDER BY a.n, m.id
-        LIMIT 1;
-        PERFORM hopper._raise(fn, '23503', CASE
-            WHEN name_index THEN format('spec at index %s: ', culprit.spec_index)
-            ELSE ''
-        END || format('depends_on names job %s, which does not exist', culprit.id));
+    IF cardinality(locked.missing) > 0 THEN
+        PERFORM hopper._raise_missing(fn, specs, locked.missing, name_index);
     END IF;
     PERFORM hopper._settle_held(held, locked.holders);
+END
+$$;
+
+-- A job this call inserted did not exist when the call was made, so a plain
+-- id naming it (a spec's own, say, guessed from the sequence: the job would
+-- wait on itself for good) names no job, as SPEC.md 3.4 has it; a batch
+-- reference is the way to name one. Raises 23503 for the first such id.
+CREATE OR REPLACE FUNCTION hopper._refuse_unborn_prerequisites(
+    fn text, specs hopper.job_spec[], ids bigint[], outcomes text[], name_index boolean
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unborn bigint[] := ARRAY(
+        SELECT d.ref
+        FROM unnest(specs) AS s
+        CROSS JOIN LATERAL unnest(s.depends_on) AS d (ref)
+        WHERE d.ref > 0 AND d.ref = any(ARRAY(
+            SELECT x.id FROM unnest(ids, outcomes) AS x (id, outcome)
+            WHERE x.outcome = 'inserted'
+        ))
+    );
+BEGIN
+    IF cardinality(unborn) > 0 THEN
+        PERFORM hopper._raise_missing(fn, specs, unborn, name_index);
+    END IF;
+END
+$$;
+
+-- Raises 23503 for the first of missing (ids the specs' depends_on give) in
+-- spec order, naming its spec when name_index.
+CREATE OR REPLACE FUNCTION hopper._raise_missing(
+    fn text, specs hopper.job_spec[], missing bigint[], name_index boolean
+) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    culprit record;
+BEGIN
+    SELECT a.n - 1 AS spec_index, m.id INTO culprit
+    FROM unnest(specs) WITH ORDINALITY AS a (
+        identifier, payload, queue_name, run_at, max_attempts, job_key, priority, flags,
+        job_key_mode, tags, depends_on, depends_on_tags, timeout, backoff, backoff_delay,
+        backoff_max, dead_letter, n
+    )
+    CROSS JOIN unnest(missing) AS m (id)
+    WHERE m.id = any(a.depends_on)
+    ORDER BY a.n, m.id
+    LIMIT 1;
+    PERFORM hopper._raise(fn, '23503', CASE
+        WHEN name_index THEN format('spec at index %s: ', culprit.spec_index)
+        ELSE ''
+    END || format('depends_on names job %s, which does not exist', culprit.id));
 END
 $$;
 
