@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 from sqlcalls import add_job, call, call_one, claim, job, jobs
+
+import hopper
 
 
 def fail_once(conn, job_id, worker="w1"):
@@ -45,6 +48,30 @@ def test_null_payload_is_empty_object_and_future_run_at_is_scheduled(conn):
     )
     assert added["payload"] == {}
     assert added["state"] == "scheduled"
+
+
+def test_a_payload_with_the_character_u0000_is_refused_by_name(conn):
+    """json text may escape U+0000, which jsonb cannot store: the cast inside add_job
+    raised 22P05 "unsupported Unicode escape sequence", naming neither add_job nor
+    its argument (a Python str with a NUL byte in it reached it so)."""
+    refused = [
+        ("SELECT hopper.add_job('t', %s)", ['{"a": "x\\u0000"}'], "add_job: payload"),
+        ("SELECT hopper.add_job('t', %s::json)", ['["\\u0000"]'], "add_job: payload"),
+        ("SELECT hopper.add_jobs(%s)", ['[{"identifier": "t", "payload": ["\\u0000"]}]'],
+         "add_jobs: specs"),
+    ]  # fmt: skip
+    for query, params, named in refused:
+        with pytest.raises(psycopg.errors.UntranslatableCharacter) as raised:
+            conn.execute(query, params)
+        assert raised.value.diag.message_primary == (
+            f"{named} cannot hold the character U+0000 (\\u0000): jsonb cannot store it"
+        )
+    with pytest.raises(psycopg.errors.UntranslatableCharacter, match="add_job: payload"):
+        hopper.add_job(conn, "t", {"text": "a\x00b"})
+    assert conn.execute("SELECT count(*) AS n FROM hopper._jobs").fetchone()["n"] == 0
+    # an escaped backslash before "u0000" is text like any other
+    kept = call_one(conn, "add_job", "t", '{"a": "\\\\u0000"}')
+    assert kept["payload"] == {"a": "\\u0000"}
 
 
 def test_job_exists_only_if_transaction_commits(dsn):

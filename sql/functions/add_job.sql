@@ -302,9 +302,16 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    body jsonb := payload;
+    body jsonb;
     added hopper.added_job;
 BEGIN
+    -- json text may escape U+0000, which jsonb cannot hold: the cast's own
+    -- error names neither the function nor the argument
+    IF strpos(payload::text, '\u0000') > 0 THEN
+        body := hopper._parse_json('add_job', 'payload', payload::text);
+    ELSE
+        body := payload;
+    END IF;
     -- these hold, so every rule of _check_specs but the size limit holds
     IF coalesce(
         identifier ~ '\S' AND length(identifier) <= 128
@@ -576,6 +583,25 @@ BEGIN
 END
 $$;
 
+-- JSON text as jsonb, or an error that names fn and argument: 22023 for text
+-- that is not JSON, 22P05 for the character U+0000, which jsonb cannot hold.
+CREATE OR REPLACE FUNCTION hopper._parse_json(fn text, argument text, value text)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN value::jsonb;
+EXCEPTION
+    WHEN untranslatable_character THEN
+        PERFORM hopper._raise(fn, '22P05', format(
+            '%s cannot hold the character U+0000 (\u0000): jsonb cannot store it', argument
+        ));
+    WHEN invalid_text_representation THEN
+        PERFORM hopper._raise(fn, '22023', format('%s must be JSON (%s)', argument, sqlerrm));
+END
+$$;
+
 -- add_jobs of a JSON array given as text: a string literal ('[...]' from psql)
 -- or a driver's untyped string matches both other forms, which PostgreSQL
 -- refuses to choose between; text is the type it picks for such an argument.
@@ -590,13 +616,7 @@ DECLARE
     parsed jsonb;
 BEGIN
     PERFORM hopper._check_required('add_jobs', 'specs', specs IS NULL);
-    BEGIN
-        parsed := specs::jsonb;
-    EXCEPTION WHEN invalid_text_representation THEN
-        PERFORM hopper._raise('add_jobs', '22023', format(
-            'specs must be a JSON array (got text that is not JSON: %s)', sqlerrm
-        ));
-    END;
+    parsed := hopper._parse_json('add_jobs', 'specs', specs);
     RETURN QUERY SELECT * FROM hopper.add_jobs(parsed, job_key_preserve_run_at);
 END
 $$;
