@@ -108,20 +108,18 @@ def _evaluated_annotation(handler: Handler, name: str) -> Any:
     annotations = getattr(function, "__annotations__", None) or {}
     if name not in annotations:
         return None
-    probe = types.FunctionType(_carry_an_annotation.__code__, getattr(function, "__globals__", {}))
-    probe.__annotations__ = {name: annotations[name]}
+    # get_type_hints reads any object's __annotations__ with its __globals__
+    one = types.SimpleNamespace(
+        __annotations__={name: annotations[name]}, __globals__=getattr(function, "__globals__", {})
+    )
     try:
-        return typing.get_type_hints(probe)[name]
+        return typing.get_type_hints(one)[name]
     except NameError as error:
         raise TypeError(
             f"handler {_name(handler)}: the annotation of its payload parameter"
             f" ({annotations[name]!r}) cannot be evaluated ({error}); hopper reads it to"
             " find a pydantic model to validate the payload with"
         ) from error
-
-
-def _carry_an_annotation() -> None:
-    """Its code makes the function that takes one annotation to get_type_hints."""
 
 
 def _imported_pydantic() -> Any:
