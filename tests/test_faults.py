@@ -116,6 +116,69 @@ def test_a_retirement_learnt_twice_gives_one_new_id(dsn, conn):
         wait_until(lambda: job_row(dsn, added)[0] == "completed", 10, "a job under the new id")
 
 
+def test_a_new_id_claims_nothing_until_its_registration_commits(dsn, conn, monkeypatch):
+    """After a retirement the heartbeat registers the new id while the claim loop
+    goes on. A claim under an id not yet registered locks jobs that no rescue can
+    free: had the worker died then, they would have waited for job_expiry (4 h)."""
+    worker_tasks.create_executions_table(dsn)
+    monkeypatch.setenv("HOPPER_TEST_DSN", dsn)
+    monkeypatch.setattr(hopper._worker, "new_worker_id", lambda: "second-id")
+    holder = psycopg.connect(dsn)
+    holder.execute("INSERT INTO hopper._workers (id) VALUES ('second-id')")  # not committed
+    worker = hopper.Worker(
+        dsn, worker_tasks.tasks, worker_id="first-id", concurrency=1,
+        heartbeat_interval=0.2, stale_after=1, grace_period=0.1,
+    )  # fmt: skip
+    job_id = scalar(dsn, "SELECT id FROM hopper.add_job('slow', '{\"seconds\": 30}')")
+    try:
+        with worker_in_thread(worker):
+            wait_until(lambda: job_row(dsn, job_id)[3] == "first-id", 10, "the first claim")
+            # the claim loop is full, so the heartbeat is the one to hear of it
+            conn.execute("SELECT * FROM hopper.unregister_worker('first-id')")
+            wait_until(lambda: worker.worker_id == "second-id", 10, "the new id")
+            time.sleep(1)  # the claim loop has room again, and the job is pending
+            assert job_row(dsn, job_id)[::3] == ("pending", None)
+            holder.rollback()  # the registration goes through
+            wait_until(lambda: job_row(dsn, job_id)[3] == "second-id", 10, "the claim")
+            registered = conn.execute(
+                "SELECT retired_at IS NULL AS live FROM hopper._workers WHERE id = 'second-id'"
+            ).fetchone()
+            assert registered == {"live": True}
+    finally:
+        holder.close()
+
+
+def test_the_heartbeat_waits_for_the_new_ids_registration(dsn, conn, monkeypatch):
+    """When the claim loop hears of the retirement, it registers the new id itself.
+    A heartbeat sent under that id before the registration commits was refused as
+    unregistered, and the worker took it for a second retirement: a third id, and
+    whatever the second had claimed dropped."""
+    ids = iter(["second-id", "third-id"])
+    monkeypatch.setattr(hopper._worker, "new_worker_id", lambda: next(ids))
+    holder = psycopg.connect(dsn)
+    holder.execute("INSERT INTO hopper._workers (id) VALUES ('second-id')")  # not committed
+    worker = hopper.Worker(
+        dsn, worker_tasks.tasks, worker_id="first-id", heartbeat_interval=0.2, stale_after=1
+    )
+    try:
+        with worker_in_thread(worker):
+            live = "SELECT count(*) AS n FROM hopper._workers WHERE id = 'first-id'"
+            wait_until(lambda: conn.execute(live).fetchone()["n"] == 1, 10, "registration")
+            conn.execute("UPDATE hopper._workers SET retired_at = now() WHERE id = 'first-id'")
+            # as the claim loop does on hearing 55000; the registration waits on holder
+            asyncio.run_coroutine_threadsafe(worker._identity_lost("first-id"), worker._loop)
+            time.sleep(1)  # five heartbeat intervals
+            assert worker.worker_id == "second-id"
+            holder.rollback()
+            added = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
+            wait_until(lambda: job_row(dsn, added)[0] == "completed", 10, "a job")
+            assert worker.worker_id == "second-id"
+            live = "SELECT array_agg(id) AS ids FROM hopper._workers WHERE retired_at IS NULL"
+            assert conn.execute(live).fetchone()["ids"] == ["second-id"]
+    finally:
+        holder.close()
+
+
 def test_a_worker_given_a_retired_id_refuses_to_start(dsn, conn):
     """An id fences the claims made under it, so an id that unregistered (a clean
     stop) or was rescued is refused for good. A worker given one retried its

@@ -139,6 +139,9 @@ class Worker:
         self._outcomes: list[Report] = []
         self._progress: dict[int, int] = {}
         self._wake = asyncio.Event()
+        # set while worker_id is registered: claims and heartbeats wait for it, so
+        # no job is locked by an id that rescue_stale_jobs cannot see
+        self._registered = asyncio.Event()
         self._reported = asyncio.Event()
         self._stopping = False
         self._stop_now = False
@@ -281,6 +284,7 @@ class Worker:
             # when full, only a finishing job makes room, and it sets _wake: a
             # notification heard meanwhile must not turn the wait into a busy loop
             self._wake.clear()
+            await self._registered.wait()
             worker_id = self.worker_id
             try:
                 if clock() >= release_at:
@@ -459,6 +463,7 @@ class Worker:
         while not self._stopping:
             try:
                 await self.db.register(self.worker_id, metadata)
+                self._registered.set()
                 return True
             except psycopg.errors.ObjectNotInPrerequisiteState:
                 raise
@@ -471,6 +476,8 @@ class Worker:
         """Heartbeat, pick up cancellation requests, and rescue dead workers' jobs."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            if not self._registered.is_set():
+                continue  # the new id's registration is on its way
             worker_id = self.worker_id
             try:
                 for job_id in await self.db.heartbeat(worker_id):
@@ -565,6 +572,7 @@ class Worker:
         if retired_id != self.worker_id:
             return
         old = self.worker_id
+        self._registered.clear()
         self.worker_id = new_worker_id()
         lost = list(self._running.values())
         self._running.clear()
