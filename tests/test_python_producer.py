@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+import worker_tasks
 
 import hopper
 from hopper import aio
@@ -155,3 +156,30 @@ def test_the_async_twins_are_reached_from_a_bare_import_of_hopper(dsn):
         [sys.executable, "-c", code, dsn], capture_output=True, text=True, timeout=60
     )
     assert (added.returncode, added.stdout.strip()) == (0, "{'n': 1}"), added.stderr
+
+
+def test_a_pydantic_model_is_stored_as_the_json_its_handler_validates(dsn):
+    """A handler's payload is a model; the producer may hand over the same model.
+    It raised TypeError (not JSON serialisable), in add_job and in JobSpec."""
+    email = worker_tasks.EmailPayload(to="a@b.c", subject="hi")
+    job = hopper.quick_add_job(dsn, "send_email", email)
+    with psycopg.connect(dsn) as conn:
+        [spec_job] = hopper.add_jobs(conn, [hopper.JobSpec("send_email", email)])
+    assert job.payload == spec_job.payload == {"to": "a@b.c", "subject": "hi"}
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 2
+    assert [(j.state, j.result) for j in _jobs(dsn)] == [("completed", {"sent_to": "a@b.c"})] * 2
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_json_lacks_is_refused_naming_the_payload(dsn, number):
+    """Python's json writes NaN and Infinity, which JSON lacks, and PostgreSQL
+    refused the text with an error naming neither the function nor the argument."""
+    with pytest.raises(ValueError, match=r"^payload cannot be stored as JSON"):
+        hopper.quick_add_job(dsn, "t", {"ratio": number})
+    with psycopg.connect(dsn) as conn:
+        specs = [hopper.JobSpec("t"), hopper.JobSpec("t", {"ratio": number})]
+        with pytest.raises(ValueError, match=r"^specs\[1\] cannot be stored as JSON"):
+            hopper.add_jobs(conn, specs)
+    with pytest.raises(TypeError, match=r"^payload cannot be stored as JSON: .*set"):
+        hopper.quick_add_job(dsn, "t", {"ids": {1, 2}})
+    assert _jobs(dsn) == []

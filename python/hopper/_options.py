@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +31,24 @@ def parse_duration(value: float | timedelta | str, argument: str = "delay") -> t
     if seconds < 0:
         raise ValueError(f"{argument} must not be negative (got {value!r})")
     return timedelta(seconds=seconds)
+
+
+def jsonable(payload: Any) -> Any:
+    """A pydantic model as its JSON form, which its handler's model validates back;
+    anything else as given. (Only an imported pydantic can have made a model.)"""
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(payload, pydantic.BaseModel):
+        return payload.model_dump(mode="json")
+    return payload
+
+
+def json_text(value: Any, argument: str) -> str:
+    """value as JSON text. NaN and the infinities, which JSON lacks, raise here: the
+    database would refuse the text without naming the argument."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{argument} cannot be stored as JSON: {error}") from None
 
 
 def batch_ref(index: int) -> int:
@@ -74,7 +94,9 @@ class JobSpec:
             value = getattr(self, name)
             if value is None or name == "delay":
                 continue
-            if name in INTERVAL_OPTIONS:
+            if name == "payload":
+                value = jsonable(value)
+            elif name in INTERVAL_OPTIONS:
                 value = f"{parse_duration(value, name).total_seconds()} seconds"
             elif isinstance(value, datetime):
                 value = value.isoformat()

@@ -13,9 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
-from psycopg.types.json import Json, Jsonb
 
-from hopper._options import INTERVAL_OPTIONS, JobSpec, parse_duration
+from hopper._options import INTERVAL_OPTIONS, JobSpec, json_text, jsonable, parse_duration
 from hopper._records import ADDED_JOB_SELECT_LIST, Job
 
 ADD_JOB_OPTIONS = frozenset(
@@ -38,7 +37,8 @@ def add_job_call(
     if delay is not None and options.get("run_at") is not None:
         raise ValueError("give run_at or delay, not both")
     names: list[str] = []
-    values: list[Any] = [identifier, Json(payload) if payload is not None else None]
+    text = None if payload is None else json_text(jsonable(payload), "payload")
+    values: list[Any] = [identifier, text]
     for name, value in options.items():
         if value is None or name == "delay":
             continue
@@ -84,7 +84,7 @@ SELECT {ADDED_JOB_SELECT_LIST} FROM {{}}.add_jobs(
 def add_jobs_call(
     specs: Sequence[JobSpec], job_key_preserve_run_at: bool, schema: str
 ) -> tuple[sql.Composed, list[Any]]:
-    elements = Jsonb([spec.as_json() for spec in specs])
+    elements = _specs_text(specs)
     delays = [spec.delay_seconds() for spec in specs]
     if any(seconds is not None for seconds in delays):
         query = sql.SQL(ADD_DELAYED_JOBS).format(sql.Identifier(schema))
@@ -93,6 +93,17 @@ def add_jobs_call(
         sql.Identifier(schema)
     )
     return query, [elements, job_key_preserve_run_at]
+
+
+def _specs_text(specs: Sequence[JobSpec]) -> str:
+    """The specs as add_jobs' JSON array; a spec that JSON cannot hold is named."""
+    elements = [spec.as_json() for spec in specs]
+    try:
+        return json_text(elements, "specs")
+    except (TypeError, ValueError):
+        for index, element in enumerate(elements):
+            json_text(element, f"specs[{index}]")
+        raise
 
 
 def add_job(
