@@ -130,6 +130,30 @@ def test_progress_is_recorded(dsn, conn):
     assert (job(conn, target)["state"], job(conn, target)["progress"]) == ("completed", 50)
 
 
+@pytest.mark.parametrize(("percent", "stored"), [(33.4, 33), (99.6, 100), (0.0, 0)])
+def test_a_fractional_progress_is_rounded(dsn, conn, percent, stored, caplog):
+    """A percentage is often computed (done / total * 100). A float reached the
+    database as double precision, no set_progress matched it, and the worker logged
+    an ERROR that it refused the report, dropping the progress."""
+    target = add_job(conn, "progress", {"percent": percent})["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    assert (job(conn, target)["state"], job(conn, target)["progress"]) == ("completed", stored)
+    assert "refused" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("percent", "error"),
+    [(True, "TypeError: progress must be a number (got True)"),
+     ("50", "TypeError: progress must be a number (got '50')"),
+     (100.5, "ValueError: progress must be between 0 and 100 (got 100.5)")],
+)  # fmt: skip
+def test_a_progress_that_is_not_a_percentage_fails_the_handler(dsn, conn, percent, error):
+    target = add_job(conn, "progress", {"percent": percent})["id"]
+    hopper.run_once(dsn, worker_tasks.tasks)
+    assert (job(conn, target)["state"], job(conn, target)["progress"]) == ("scheduled", None)
+    assert job(conn, target)["last_error"] == error
+
+
 def test_run_once_on_a_given_autocommit_connection(dsn, conn):
     target = add_job(conn, "add", {"a": 1, "b": 1})["id"]
     with psycopg.connect(dsn, autocommit=True) as own:

@@ -66,7 +66,7 @@ def batch(payload: list, job: hopper.JobContext) -> list:
 
 @tasks.task("progress")
 def progress(payload: dict, job: hopper.JobContext) -> str:
-    job.set_progress(50)
+    job.set_progress(payload.get("percent", 50))
     return "done"
 
 

@@ -156,11 +156,14 @@ class JobContext:
             self._cancelled = threading.Event()
         return self._cancelled
 
-    def set_progress(self, percent: int) -> None:
-        """Record how far the job is (0-100); sent without blocking the handler."""
-        if not 0 <= percent <= 100:
+    def set_progress(self, percent: float) -> None:
+        """Record how far the job is, 0-100 (a fraction rounded to the nearest whole
+        percent, as the column holds); sent without blocking the handler."""
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise TypeError(f"progress must be a number (got {percent!r})")
+        if not 0 <= percent <= 100:  # NaN too
             raise ValueError(f"progress must be between 0 and 100 (got {percent})")
-        self._report_progress(percent)
+        self._report_progress(round(percent))
 
     def transaction(self, result: Any = None) -> Any:
         """A connection in a transaction that also completes this job (with ``result``)
