@@ -158,9 +158,16 @@ class Database:
 
     # --- hopper functions -----------------------------------------------------
 
-    async def claim(self, worker_id: str, task_names: list[str], batch_size: int) -> list[Job]:
-        query = self.call("get_jobs", "%s, %s, %s", JOB_SELECT_LIST)
-        return await self.rows(query, [worker_id, task_names, batch_size], _job_rows)
+    async def claim(
+        self,
+        worker_id: str,
+        task_names: list[str],
+        batch_size: int,
+        forbidden_flags: list[str] | None = None,
+    ) -> list[Job]:
+        query = self.call("get_jobs", "%s, %s, %s, %s", JOB_SELECT_LIST)
+        params = [worker_id, task_names, batch_size, forbidden_flags]
+        return await self.rows(query, params, _job_rows)
 
     async def complete(self, worker_id: str, outcomes: Sequence[Completed]) -> list[int]:
         """Completes the jobs; returns the ids it completed (the worker needs no rows)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -55,6 +56,23 @@ CANCEL_PATIENCE = 5.0
 FIRING_MARGIN = 0.005
 
 
+# graphile-worker's forbiddenFlags: a fixed list, or a callable asked before each claim
+ForbiddenFlags = Sequence[str] | Callable[[], Sequence[str] | Awaitable[Sequence[str]] | None]
+
+
+def _flags(flags: object, source: str) -> list[str] | None:
+    """flags as get_jobs takes them (None for none); a str, which would be taken for
+    a list of one-letter flags, or a blank flag raises."""
+    if flags is None:
+        return None
+    if isinstance(flags, str | bytes) or not isinstance(flags, Iterable):
+        raise TypeError(f"{source} must be a list of flags (got {flags!r})")
+    checked = list(flags)
+    if not all(isinstance(flag, str) and flag.strip() for flag in checked):
+        raise ValueError(f"{source} must hold non-blank strings (got {checked!r})")
+    return checked or None
+
+
 def new_worker_id() -> str:
     """Unique per process start, so a restarted worker never inherits an identity."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -75,7 +93,9 @@ class Worker:
     due now and returns how many it ran. ``worker_id`` (by default
     ``host:pid:random``) is the lock owner of the jobs it claims. An id that
     unregistered, or whose jobs were rescued, is retired and refused (55000), so a
-    fixed one serves a single run.
+    fixed one serves a single run. ``forbidden_flags`` (graphile-worker's
+    forbiddenFlags): no claimed job carries any of them; a list, or a callable
+    (sync or async) asked before each claim.
     """
 
     def __init__(
@@ -94,6 +114,7 @@ class Worker:
         worker_id: str | None = None,
         job_connections: int | None = None,
         prune_interval: float | None = 60.0,
+        forbidden_flags: ForbiddenFlags | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
@@ -118,6 +139,9 @@ class Worker:
         if stale_after <= heartbeat_interval:
             raise ValueError("stale_after must be longer than heartbeat_interval")
         self.tasks = tasks
+        self.forbidden_flags = forbidden_flags
+        if not callable(forbidden_flags):
+            self._fixed_flags = _flags(forbidden_flags, "forbidden_flags")
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.grace_period = grace_period
@@ -260,7 +284,7 @@ class Worker:
         try:
             await self._enqueue_schedules()
             while True:
-                jobs = await self._claim(self.concurrency)
+                jobs = await self._claim(self.concurrency, await self._forbidden_flags_now())
                 if not jobs:
                     break
                 ran += len(jobs)
@@ -287,10 +311,16 @@ class Worker:
             await self._registered.wait()
             worker_id = self.worker_id
             try:
+                forbidden = await self._forbidden_flags_now() if free > 0 else None
+            except Exception as error:  # the user's callable: no claim until it answers
+                failures += 1
+                await self._sleep_after_failure("forbidden_flags()", error, failures)
+                continue
+            try:
                 if clock() >= release_at:
                     await self._release_unknown_jobs()
                     release_at = clock() + self.heartbeat_interval
-                jobs = await self._claim(free) if free > 0 else []
+                jobs = await self._claim(free, forbidden) if free > 0 else []
                 failures = 0
             except psycopg.errors.ObjectNotInPrerequisiteState:
                 self._notified_when_claimable = False
@@ -311,16 +341,26 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(idle_poll, self.poll_interval))
 
-    async def _claim(self, batch_size: int) -> list[Job]:
+    async def _claim(self, batch_size: int, forbidden: list[str] | None) -> list[Job]:
         while True:
             size = min(batch_size, self._batch_limit)
             try:
-                jobs = await self.db.claim(self.worker_id, self.tasks.names(), size)
+                jobs = await self.db.claim(self.worker_id, self.tasks.names(), size, forbidden)
             except psycopg.errors.ProgramLimitExceeded as error:
                 self._lower_batch_limit(size, error)
                 continue
             self._notified_when_claimable = self.listen and len(jobs) < size
             return jobs
+
+    async def _forbidden_flags_now(self) -> list[str] | None:
+        """The flags no job of the next claim may carry: the fixed list, or what the
+        callable (sync or async) answers now."""
+        if not callable(self.forbidden_flags):
+            return self._fixed_flags
+        answer = self.forbidden_flags()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        return _flags(answer, "forbidden_flags()")
 
     async def _release_unknown_jobs(self) -> None:
         """A claim can commit while its reply is lost (the network failed after

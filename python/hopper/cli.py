@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-prune", action="store_true", help="leave finished jobs for prune() to delete"
     )
     worker.add_argument(
+        "--forbidden-flag",
+        dest="forbidden_flags",
+        action="append",
+        metavar="FLAG",
+        help="claim no job that carries this flag (repeatable)",
+    )
+    worker.add_argument(
         "--crontab",
         metavar="FILE",
         help="sync this crontab (graphile-worker's format) into the schedules first",
@@ -223,6 +230,7 @@ def _worker(args: argparse.Namespace) -> int:
         schema=args.schema,
         job_connections=args.job_connections,
         prune_interval=None if args.no_prune else args.prune_interval,
+        forbidden_flags=args.forbidden_flags,
     )
 
     async def run() -> None:
