@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -333,3 +334,25 @@ def test_the_reporter_keeps_trying_after_a_long_outage(dsn, conn, monkeypatch, c
         asyncio.run(outage_then_report())
     assert caplog.text.count("reporting outcomes failed") > 30
     assert (job(conn, target)["state"], job(conn, target)["result"]) == ("completed", 1)
+
+
+def test_run_worker_outside_the_main_thread_says_what_to_use(dsn, conn):
+    """run_worker installs signal handlers, which asyncio refused outside the main
+    thread with "set_wakeup_fd only works in main thread of the main interpreter"."""
+    added = add_job(conn, "add", {"a": 1, "b": 1})["id"]
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            hopper.run_worker(dsn, worker_tasks.tasks)
+        except RuntimeError as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    assert [str(e) for e in raised] == [
+        "run_worker stops on SIGINT and SIGTERM, which only the main thread can handle;"
+        " in another thread run Worker(...).run() and call its stop()"
+    ]
+    assert job(conn, added)["state"] == "pending"

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -824,6 +825,11 @@ def _warn_ungranted(function: str, consequence: str) -> None:
 
 def run_worker(dsn: str, tasks: TaskRegistry, *, concurrency: int = 8, **options: object) -> None:
     """Run a worker until SIGINT/SIGTERM (graceful); a second signal stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "run_worker stops on SIGINT and SIGTERM, which only the main thread can"
+            " handle; in another thread run Worker(...).run() and call its stop()"
+        )
     worker = Worker(dsn, tasks, concurrency=concurrency, **options)  # type: ignore[arg-type]
 
     async def main() -> None:
