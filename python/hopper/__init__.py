@@ -2,6 +2,7 @@
 
 # so that hopper.aio works after a bare "import hopper"
 from hopper import aio
+from hopper._admin import cancel_jobs, job_status, retry_jobs
 from hopper._crontab import CrontabError, CrontabItem, parse_crontab, sync_crontab
 from hopper._migrate import MigrationError, migrate
 from hopper._options import JobSpec, batch_ref, parse_duration
@@ -27,10 +28,13 @@ __all__ = [
     "add_jobs",
     "aio",
     "batch_ref",
+    "cancel_jobs",
+    "job_status",
     "migrate",
     "parse_crontab",
     "parse_duration",
     "quick_add_job",
+    "retry_jobs",
     "run_once",
     "run_worker",
     "sync_crontab",

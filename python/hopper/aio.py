@@ -1,4 +1,4 @@
-"""asyncio twins of the producers, taking psycopg AsyncConnections."""
+"""asyncio twins of the producers and the admin calls, taking psycopg AsyncConnections."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
+from hopper._admin import cancel_jobs_call, job_status_call, retry_jobs_call
 from hopper._options import JobSpec
 from hopper._producer import add_job_call, add_jobs_call
 from hopper._records import Job
@@ -61,6 +62,35 @@ async def quick_add_job(
             return await _one_job(dsn_or_conn, *call)
     async with await psycopg.AsyncConnection.connect(dsn_or_conn, autocommit=True) as conn:
         return await _one_job(conn, *call)
+
+
+async def job_status(
+    conn: psycopg.AsyncConnection, job_id: int, *, schema: str = "hopper"
+) -> Job | None:
+    found = await _jobs(conn, *job_status_call(job_id, schema))
+    return found[0] if found else None
+
+
+async def cancel_jobs(
+    conn: psycopg.AsyncConnection,
+    job_ids: Sequence[int],
+    reason: str | None = None,
+    *,
+    schema: str = "hopper",
+) -> list[Job]:
+    return await _jobs(conn, *cancel_jobs_call(job_ids, reason, schema))
+
+
+async def retry_jobs(
+    conn: psycopg.AsyncConnection, job_ids: Sequence[int], *, schema: str = "hopper"
+) -> list[Job]:
+    return await _jobs(conn, *retry_jobs_call(job_ids, schema))
+
+
+async def _jobs(conn: psycopg.AsyncConnection, query: Any, values: list[Any]) -> list[Job]:
+    async with conn.cursor(row_factory=tuple_row) as cursor:
+        await cursor.execute(query, values)
+        return [Job.from_values(row) for row in await cursor.fetchall()]
 
 
 async def run_once(
