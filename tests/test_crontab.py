@@ -41,7 +41,7 @@ def test_lines_become_schedule_items():
         ("* * * * * t ?fill=2days", 'line 1: fill must look like "2h" or "1w3d" (got "2days")'),
         ("* * * * * t [1]", "line 1: the payload must be a JSON object"),
         ("* * * * * t {oops", "line 1:"),
-        ("* * * * * t ?max=many", "line 1: invalid literal"),
+        ("* * * * * t ?max=many", 'line 1: option "max" must be an integer (got "many")'),
         ("* * * * * t\n@hourly t", "more than one line for crontab:t (set ?id=)"),
     ],
 )
@@ -119,11 +119,18 @@ def test_syncs_of_two_versions_of_a_crontab_at_once_do_not_deadlock(dsn, conn):
     assert [r["name"] for r in names] == ["crontab:s2", "crontab:s3"]
 
 
-def test_a_crontab_the_database_refuses_changes_nothing(conn):
+def test_a_crontab_the_database_refuses_changes_nothing_and_names_the_line(conn):
+    """The database's error named neither the file's line nor the schedule."""
     sync_crontab(conn, parse_crontab("@hourly keep"))
-    with pytest.raises(psycopg.Error, match="cron field hour is not valid") as refused:
-        sync_crontab(conn, parse_crontab("@daily other\n0 25 * * * bad"))
-    assert refused.value.sqlstate == "22023"
+    with pytest.raises(CrontabError) as refused:
+        sync_crontab(conn, parse_crontab("@daily other\n\n0 25 * * * bad"))
+    assert str(refused.value) == (
+        'crontab line 3: add_schedule: cron field hour is not valid (got "0 25 * * *")'
+    )
+    assert isinstance(refused.value.__cause__, psycopg.Error)
+    assert refused.value.__cause__.sqlstate == "22023"
+    with pytest.raises(CrontabError, match=r"^crontab item crontab:x: add_schedule: max_attempts"):
+        sync_crontab(conn, [CrontabItem("crontab:x", "@daily", "t", options={"max_attempts": 0})])
     names = [r["name"] for r in conn.execute("SELECT name FROM hopper.schedules").fetchall()]
     assert names == ["crontab:keep"]
 
@@ -141,4 +148,10 @@ def test_worker_flag_syncs_the_file(dsn, conn, tmp_path):
                       str(crontab), dsn=dsn)  # fmt: skip
     assert refused.returncode == 1
     assert 'crontab line 1: unknown option "every"' in refused.stderr
+    assert "Traceback" not in refused.stderr
+    crontab.write_text("*/10 * * * * echo ?max=0\n")
+    refused = run_cli("worker", "--tasks", "worker_tasks:tasks", "--once", "--crontab",
+                      str(crontab), dsn=dsn)  # fmt: skip
+    assert refused.returncode == 1
+    assert f"{crontab}: crontab line 1: add_schedule: max_attempts must be" in refused.stderr
     assert "Traceback" not in refused.stderr

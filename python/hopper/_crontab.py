@@ -43,6 +43,7 @@ class CrontabItem:
     payload: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     backfill: str | None = None
+    line: int | None = field(default=None, compare=False)  # in the file it came from
 
 
 class CrontabError(ValueError):
@@ -55,7 +56,7 @@ def parse_crontab(text: str) -> list[CrontabItem]:
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             try:
-                items.append(_parse_line(stripped))
+                items.append(_parse_line(stripped, number))
             except (ValueError, json.JSONDecodeError) as error:
                 raise CrontabError(f"crontab line {number}: {error}") from None
     names = [item.name for item in items]
@@ -65,7 +66,7 @@ def parse_crontab(text: str) -> list[CrontabItem]:
     return items
 
 
-def _parse_line(line: str) -> CrontabItem:
+def _parse_line(line: str, number: int) -> CrontabItem:
     width = 1 if line.startswith("@") else 5
     parts = line.split(None, width + 1)
     if len(parts) <= width:
@@ -87,10 +88,13 @@ def _parse_line(line: str) -> CrontabItem:
             backfill = _fill_interval(value)
         elif key in _OPTIONS:
             option, kind = _OPTIONS[key]
-            options[option] = kind(value)
+            try:
+                options[option] = kind(value)
+            except ValueError:
+                raise ValueError(f'option "{key}" must be an integer (got "{value}")') from None
         else:
             raise ValueError(f'unknown option "{key}"')
-    return CrontabItem(NAME_PREFIX + name, cron, task, payload, options, backfill)
+    return CrontabItem(NAME_PREFIX + name, cron, task, payload, options, backfill, number)
 
 
 def _fill_interval(value: str) -> str:
@@ -107,19 +111,17 @@ def sync_crontab(
     is added or replaced (keeping its last firing); crontab schedules no longer
     listed are removed. Needs a role that may call add_schedule. Concurrent syncs
     (workers of a rolling deploy, started with two versions of the file) take
-    turns: each locks rows the other's removes, so they could deadlock."""
+    turns: each locks rows the other's removes, so they could deadlock. An item
+    add_schedule refuses raises CrontabError naming its line (or its name)."""
     s = sql.Identifier(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key(f"hopper crontab {schema}")])
         for item in items:
-            named = [sql.SQL("{} => %s").format(sql.Identifier(k)) for k in item.options]
-            conn.execute(
-                sql.SQL("SELECT {}.add_schedule(%s, %s, %s, %s, backfill => %s{})").format(
-                    s, sql.SQL("").join(sql.SQL(", ") + n for n in named)
-                ),
-                [item.name, item.cron, item.task, Jsonb(item.payload), item.backfill,
-                 *item.options.values()],
-            )  # fmt: skip
+            try:
+                _add_schedule(conn, s, item)
+            except psycopg.DataError as error:
+                where = f"line {item.line}" if item.line is not None else f"item {item.name}"
+                raise CrontabError(f"crontab {where}: {error.diag.message_primary}") from error
         conn.execute(
             sql.SQL(
                 "SELECT {}.remove_schedule(s.name) FROM {}.schedules AS s"
@@ -127,3 +129,14 @@ def sync_crontab(
             ).format(s, s),
             [NAME_PREFIX, [item.name for item in items]],
         )
+
+
+def _add_schedule(conn: psycopg.Connection, schema: sql.Identifier, item: CrontabItem) -> None:
+    named = [sql.SQL("{} => %s").format(sql.Identifier(k)) for k in item.options]
+    conn.execute(
+        sql.SQL("SELECT {}.add_schedule(%s, %s, %s, %s, backfill => %s{})").format(
+            schema, sql.SQL("").join(sql.SQL(", ") + n for n in named)
+        ),
+        [item.name, item.cron, item.task, Jsonb(item.payload), item.backfill,
+         *item.options.values()],
+    )  # fmt: skip

@@ -256,6 +256,8 @@ def _sync_crontab(dsn: str, schema: str, path: Path) -> None:
     with psycopg.connect(dsn) as conn:
         try:
             sync_crontab(conn, items, schema)
+        except CrontabError as error:
+            raise UsageError(f"{path}: {error}") from error
         except psycopg.errors.InsufficientPrivilege as error:
             raise UsageError(
                 "--crontab needs a role that may call add_schedule (the schema's owner)"
