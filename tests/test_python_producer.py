@@ -7,7 +7,7 @@ import dataclasses
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -183,3 +183,20 @@ def test_a_number_json_lacks_is_refused_naming_the_payload(dsn, number):
     with pytest.raises(TypeError, match=r"^payload cannot be stored as JSON: .*set"):
         hopper.quick_add_job(dsn, "t", {"ids": {1, 2}})
     assert _jobs(dsn) == []
+
+
+def test_a_naive_run_at_is_refused_and_an_aware_one_kept_whatever_the_session_zone(dsn):
+    """PostgreSQL reads a naive datetime in the session's TimeZone: under a server
+    set to Asia/Tokyo a naive UTC time ran nine hours early."""
+    naive = datetime(2030, 1, 1, 12, 0)
+    options = "-c TimeZone=Asia/Tokyo"
+    with psycopg.connect(dsn, autocommit=True, options=options) as conn:
+        with pytest.raises(ValueError, match=r"^run_at must be a timezone-aware datetime"):
+            hopper.add_job(conn, "t", run_at=naive)
+        with pytest.raises(ValueError, match=r"^run_at must be a timezone-aware datetime"):
+            hopper.add_jobs(conn, [hopper.JobSpec("t", run_at=naive)])
+        assert _jobs(dsn) == []
+        noon_utc = naive.replace(tzinfo=UTC)
+        one = hopper.add_job(conn, "t", run_at=noon_utc)
+        [many] = hopper.add_jobs(conn, [hopper.JobSpec("t", run_at=noon_utc)])
+    assert one.run_at == many.run_at == noon_utc

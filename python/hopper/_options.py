@@ -33,6 +33,17 @@ def parse_duration(value: float | timedelta | str, argument: str = "delay") -> t
     return timedelta(seconds=seconds)
 
 
+def aware(value: Any, argument: str = "run_at") -> Any:
+    """value, unless it is a naive datetime: PostgreSQL would read that in the
+    session's TimeZone, which need not be the caller's."""
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        raise ValueError(
+            f"{argument} must be a timezone-aware datetime (got {value!r}), such as"
+            " datetime.now(UTC) + timedelta(minutes=5); or give delay"
+        )
+    return value
+
+
 def jsonable(payload: Any) -> Any:
     """A pydantic model as its JSON form, which its handler's model validates back;
     anything else as given. (Only an imported pydantic can have made a model.)"""
@@ -99,7 +110,7 @@ class JobSpec:
             elif name in INTERVAL_OPTIONS:
                 value = f"{parse_duration(value, name).total_seconds()} seconds"
             elif isinstance(value, datetime):
-                value = value.isoformat()
+                value = aware(value, name).isoformat()
             values[name] = value
         return values
 

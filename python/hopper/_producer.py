@@ -14,7 +14,14 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from hopper._options import INTERVAL_OPTIONS, JobSpec, json_text, jsonable, parse_duration
+from hopper._options import (
+    INTERVAL_OPTIONS,
+    JobSpec,
+    aware,
+    json_text,
+    jsonable,
+    parse_duration,
+)
 from hopper._records import ADDED_JOB_SELECT_LIST, Job
 
 ADD_JOB_OPTIONS = frozenset(
@@ -43,7 +50,9 @@ def add_job_call(
         if value is None or name == "delay":
             continue
         names.append(name)
-        values.append(parse_duration(value, name) if name in INTERVAL_OPTIONS else value)
+        if name in INTERVAL_OPTIONS:
+            value = parse_duration(value, name)
+        values.append(aware(value) if name == "run_at" else value)
     if delay is not None:
         values.append(parse_duration(delay))
     return _add_job_query(schema, tuple(names), delay is not None), values
