@@ -48,6 +48,20 @@ def test_pydantic_validation_failure_is_permanent_and_names_the_field(dsn, conn)
     assert job(conn, good)["result"] == {"sent_to": "a@b.c"}
 
 
+def test_an_annotation_that_holds_models_validates_each_of_them(dsn, conn):
+    """A batch of emails is list[EmailPayload]: only a bare model was validated, so
+    such a handler got plain dicts where its annotation promised models."""
+    emails = [{"to": "a@b.c", "subject": "hi"}, {"to": "d@e.f", "subject": "yo"}]
+    batch = add_job(conn, "send_emails", emails)["id"]
+    named = add_job(conn, "email_by_name", {"ann": emails[0]})["id"]
+    bad = add_job(conn, "send_emails", [emails[0], {"to": "x@y.z"}])["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 3
+    assert job(conn, batch)["result"] == ["EmailPayload to a@b.c", "EmailPayload to d@e.f"]
+    assert job(conn, named)["result"] == {"ann": "hi"}
+    assert job(conn, bad)["state"] == "failed"
+    assert job(conn, bad)["last_error"] == "payload is invalid: 1.subject: Field required"
+
+
 def test_a_handler_may_annotate_its_context_with_a_name_for_type_checkers_only(dsn, conn):
     """JobContext imported under TYPE_CHECKING (as ruff's TCH rules ask) cannot be
     evaluated at runtime: registering such a handler raised NameError, since hopper

@@ -59,6 +59,16 @@ async def send_email(payload: EmailPayload, job: hopper.JobContext) -> dict:
     return {"sent_to": payload.to}
 
 
+@tasks.task("send_emails")
+def send_emails(payload: list[EmailPayload]) -> list[str]:
+    return [f"{type(email).__name__} to {email.to}" for email in payload]
+
+
+@tasks.task("email_by_name")
+def email_by_name(payload: dict[str, EmailPayload]) -> dict[str, str]:
+    return {name: email.subject for name, email in payload.items()}
+
+
 @tasks.task("batch")
 def batch(payload: list, job: hopper.JobContext) -> list:
     return [RuntimeError(f"bad {item}") if item.get("fail") else item["n"] * 2 for item in payload]

@@ -34,7 +34,8 @@ class Task:
     name: str
     handler: Handler
     timeout: timedelta | None = None
-    payload_model: type[pydantic.BaseModel] | None = None
+    # turns the stored payload into what the handler's annotation asks for
+    payload_validator: Callable[[Any], Any] | None = None
     takes_context: bool = True
     is_async: bool = False
 
@@ -58,7 +59,7 @@ class TaskRegistry:
                 name=name,
                 handler=handler,
                 timeout=parse_duration(timeout, "timeout") if timeout is not None else None,
-                payload_model=_payload_model(handler),
+                payload_validator=_payload_validator(handler),
                 takes_context=len(inspect.signature(handler).parameters) >= 2,
                 is_async=_is_async(handler),
             )
@@ -73,15 +74,26 @@ class TaskRegistry:
         return sorted(self.tasks)
 
 
-def _payload_model(handler: Handler) -> type[pydantic.BaseModel] | None:
+def _payload_validator(handler: Handler) -> Callable[[Any], Any] | None:
+    """The validation of the payload parameter's annotation: a pydantic model's
+    model_validate; for an annotation that holds models (``list[Item]``,
+    ``Item | None``) a TypeAdapter's; None for one that holds none (``dict``)."""
     parameters = list(inspect.signature(handler).parameters)
     if not parameters:
         raise TypeError(f"handler {_name(handler)} must take the payload as first parameter")
     annotation = _evaluated_annotation(handler, parameters[0])
     imported = _imported_pydantic()
-    if imported and inspect.isclass(annotation) and issubclass(annotation, imported.BaseModel):
-        return typing.cast("type[pydantic.BaseModel]", annotation)
-    return None
+    if imported is None or not _holds_model(annotation, imported.BaseModel):
+        return None
+    if inspect.isclass(annotation):
+        return typing.cast("type[pydantic.BaseModel]", annotation).model_validate
+    return typing.cast("Callable[[Any], Any]", imported.TypeAdapter(annotation).validate_python)
+
+
+def _holds_model(annotation: Any, model: type) -> bool:
+    if inspect.isclass(annotation) and not typing.get_args(annotation):
+        return issubclass(annotation, model)
+    return any(_holds_model(argument, model) for argument in typing.get_args(annotation))
 
 
 def _name(handler: Handler) -> str:
@@ -269,9 +281,9 @@ def run_in_daemon_thread(call: Callable[[], Any]) -> asyncio.Future[Any]:
 async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
     """Runs one handler with its timeout and turns what happened into an outcome."""
     payload: Any = job.payload
-    if task.payload_model is not None:
+    if task.payload_validator is not None:
         try:
-            payload = task.payload_model.model_validate(payload)
+            payload = task.payload_validator(payload)
         except _imported_pydantic().ValidationError as error:
             return Failed(job.id, _validation_message(error), permanent=True)
     arguments = (payload, context) if task.takes_context else (payload,)
