@@ -370,3 +370,18 @@ def test_run_worker_outside_the_main_thread_says_what_to_use(dsn, conn):
         " in another thread run Worker(...).run() and call its stop()"
     ]
     assert job(conn, added)["state"] == "pending"
+
+
+def test_a_long_error_is_cut_in_the_log_and_in_the_job(dsn, conn, caplog):
+    """A 50 MB exception message (a response body, say) was logged whole and stored
+    whole in last_error and in errors, once per attempt (a run_once took 21 s)."""
+    long = add_job(conn, "long_error", {"length": 50_000})["id"]
+    short = add_job(conn, "long_error", {"length": 9_993})["id"]  # with "ValueError: ", 10,005
+    edge = add_job(conn, "long_error", {"length": 9_988})["id"]  # 10,000: kept whole
+    hopper.run_once(dsn, worker_tasks.tasks)
+    kept = "ValueError: " + "x" * (10_000 - len("ValueError: "))
+    assert job(conn, long)["last_error"] == kept + "... (40,012 more characters not kept)"
+    assert job(conn, short)["last_error"] == kept + "... (5 more characters not kept)"
+    assert job(conn, edge)["last_error"] == kept
+    assert [e["message"] for e in job(conn, long)["errors"]] == [job(conn, long)["last_error"]]
+    assert max(len(r.getMessage()) for r in caplog.records) < 10_200

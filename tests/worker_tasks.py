@@ -177,6 +177,11 @@ def nul_result(payload: dict) -> str:
     return "before\x00after"
 
 
+@tasks.task("long_error")
+def long_error(payload: dict) -> None:
+    raise ValueError("x" * payload["length"])
+
+
 @tasks.task("nul_error")
 def nul_error(payload: dict) -> None:
     raise ValueError("bad\x00byte")

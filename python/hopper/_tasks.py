@@ -316,8 +316,9 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
 
 
 def _failure(context: JobContext, job: Job, error: Exception) -> Failed:
-    context.logger.warning("job failed: %s", _error_text(error))
-    return Failed(job.id, _error_text(error))
+    text = _error_text(error)
+    context.logger.warning("job failed: %s", text)
+    return Failed(job.id, text)
 
 
 def interval_text(duration: timedelta) -> str:
@@ -333,9 +334,18 @@ def interval_text(duration: timedelta) -> str:
     return clock
 
 
+# The most of an error's text that is logged and stored (per attempt, in errors):
+# an exception that carries a whole response body would otherwise fill both.
+MAX_ERROR_CHARS = 10_000
+
+
 def _error_text(error: BaseException) -> str:
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        cut = len(text) - MAX_ERROR_CHARS
+        text = f"{text[:MAX_ERROR_CHARS]}... ({cut:,} more characters not kept)"
+    return text
 
 
 # \u0000 as json.dumps writes the character U+0000: not after an escaped backslash
