@@ -171,3 +171,15 @@ def test_a_worker_start_imports_neither_pydantic_nor_the_bench():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert started.stdout.strip() == "[]"
+
+
+def test_version_names_the_package_and_its_newest_migration():
+    from importlib.metadata import version
+
+    shown = hopper("--version")
+    assert shown.returncode == 0, shown.stderr
+    newest = sorted((TESTS_DIR.parent / "sql" / "migrations").glob("*.sql"))[-1].stem
+    assert shown.stdout == f"hopper {version('pghopper')} (SQL up to migration {newest})\n"
+    import hopper as package
+
+    assert package.__version__ == version("pghopper")

@@ -39,3 +39,15 @@ __all__ = [
     "run_worker",
     "sync_crontab",
 ]
+
+
+def __getattr__(name: str) -> str:
+    # looked up on first use: reading the installed metadata costs every import
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pghopper")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            return "unknown"
+    raise AttributeError(f"module 'hopper' has no attribute {name!r}")

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from hopper._bench_tasks import WORKLOADS
 from hopper._crontab import CrontabError, parse_crontab, sync_crontab
-from hopper._migrate import MigrationError, migrate, validate_schema
+from hopper._migrate import MigrationError, migrate, migrations, validate_schema
 from hopper._producer import quick_add_job
 from hopper._tasks import TaskRegistry
 from hopper._worker import Worker
@@ -30,8 +30,23 @@ class UsageError(Exception):
     """A problem with what the user asked; printed without a traceback."""
 
 
+class _PrintVersion(argparse.Action):
+    """--version, worked out only when asked: the metadata lookup would slow every start."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        import hopper
+
+        newest = migrations()[-1].name.removeprefix("migrations/").removesuffix(".sql")
+        print(f"hopper {hopper.__version__} (SQL up to migration {newest})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopper", description="PostgreSQL job queue")
+    parser.add_argument("--version", action=_PrintVersion)
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL"),
