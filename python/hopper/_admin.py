@@ -62,8 +62,9 @@ def cancel_jobs(
     *,
     schema: str = "hopper",
 ) -> list[Job]:
-    """Cancels the active jobs among job_ids (a running one is asked to stop, and
-    ends cancelled); returns the jobs it changed, by id."""
+    """Cancels the active jobs among job_ids (a running one is asked to stop: its
+    worker cancels the handler, and it ends cancelled unless it completed first);
+    returns the jobs it changed, by id."""
     return _jobs(conn, *cancel_jobs_call(job_ids, reason, schema))
 
 
