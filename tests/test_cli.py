@@ -93,6 +93,7 @@ def test_clear_errors(dsn, empty_dsn):
         (("worker", "--tasks", "worker_tasks:tasks"), empty_dsn, "not installed"),
         (("worker", "--tasks", "nowhere:tasks"), dsn, "cannot load tasks"),
         (("worker", "--tasks", "worker_tasks"), dsn, "module:registry"),
+        (("worker", "--tasks", "worker_tasks:empty"), dsn, "worker_tasks:empty holds no task"),
         (("status",), "postgresql://nobody@127.0.0.1:1/none", "cannot connect"),
         (("status",), "not a url at all", "hopper:"),
     ]

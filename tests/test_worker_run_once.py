@@ -385,3 +385,12 @@ def test_a_long_error_is_cut_in_the_log_and_in_the_job(dsn, conn, caplog):
     assert job(conn, edge)["last_error"] == kept
     assert [e["message"] for e in job(conn, long)["errors"]] == [job(conn, long)["last_error"]]
     assert max(len(r.getMessage()) for r in caplog.records) < 10_200
+
+
+def test_a_worker_without_tasks_is_refused(dsn):
+    """It would claim nothing and say nothing, as when the module that fills the
+    registry with @tasks.task handlers was never imported."""
+    with pytest.raises(ValueError, match="tasks holds no task"):
+        hopper.Worker(dsn, hopper.TaskRegistry())
+    with pytest.raises(ValueError, match="tasks holds no task"):
+        hopper.run_once(dsn, worker_tasks.empty)

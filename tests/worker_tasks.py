@@ -221,3 +221,7 @@ def lower_max_batch_size(payload: dict) -> str:
     with psycopg.connect(os.environ["HOPPER_TEST_DSN"], autocommit=True) as conn:
         conn.execute("SELECT hopper.set_setting('max_batch_size', %s)", [str(payload["to"])])
     return "lowered"
+
+
+# a registry no handler was added to (the CLI and Worker refuse it)
+empty = hopper.TaskRegistry()

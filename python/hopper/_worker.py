@@ -117,6 +117,10 @@ class Worker:
         prune_interval: float | None = 60.0,
         forbidden_flags: ForbiddenFlags | None = None,
     ) -> None:
+        if not tasks.tasks:
+            # a worker that knows no task claims nothing, silently: most often the
+            # module whose @tasks.task handlers fill the registry was never imported
+            raise ValueError("tasks holds no task: register handlers with @tasks.task(...)")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {concurrency})")
         if job_connections is None:

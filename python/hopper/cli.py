@@ -224,6 +224,10 @@ def load_registry(spec: str) -> TaskRegistry:
         raise UsageError(f"cannot load tasks {spec!r}: {error}") from error
     if not isinstance(registry, TaskRegistry):
         raise UsageError(f"{spec} is a {type(registry).__name__}, not a hopper.TaskRegistry")
+    if not registry.tasks:
+        raise UsageError(
+            f"{spec} holds no task: is the module that registers its handlers imported?"
+        )
     return registry
 
 
