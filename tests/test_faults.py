@@ -179,6 +179,27 @@ def test_the_heartbeat_waits_for_the_new_ids_registration(dsn, conn, monkeypatch
         holder.close()
 
 
+def test_an_async_handler_that_blocks_the_loop_is_named_in_a_warning(dsn, conn, caplog):
+    """time.sleep in an async handler stops the worker's heartbeats: past
+    stale_after its jobs are rescued and run twice, and nothing said why."""
+    caplog.set_level(logging.WARNING, logger="hopper")
+    worker = hopper.Worker(dsn, worker_tasks.tasks, heartbeat_interval=0.2, stale_after=5)
+    with worker_in_thread(worker):
+        blocked = scalar(
+            dsn, "SELECT id FROM hopper.add_job('blocks_the_loop', '{\"seconds\": 1.5}')"
+        )
+        wait_until(lambda: job_row(dsn, blocked)[0] == "completed", 10, "the blocking job")
+        quick = scalar(dsn, "SELECT id FROM hopper.add_job('echo', '{}')")
+        wait_until(lambda: job_row(dsn, quick)[0] == "completed", 10, "a quick job")
+    warnings = [r.getMessage() for r in caplog.records if "event loop ran" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert (
+        "the event loop ran 1." in warnings[0]
+        and "Tasks run meanwhile: blocks_the_loop." in warnings[0]
+    )
+    assert "make a blocking one a sync def" in warnings[0]
+
+
 def test_a_worker_given_a_retired_id_refuses_to_start(dsn, conn):
     """An id fences the claims made under it, so an id that unregistered (a clean
     stop) or was rescued is refused for good. A worker given one retried its

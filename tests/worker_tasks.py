@@ -95,6 +95,11 @@ async def record(payload: dict, job: hopper.JobContext) -> None:
     await record_execution(job)
 
 
+@tasks.task("blocks_the_loop")
+async def blocks_the_loop(payload: dict) -> None:
+    time.sleep(payload["seconds"])  # the mistake: a blocking call in an async handler
+
+
 @tasks.task("slow")
 async def slow(payload: dict, job: hopper.JobContext) -> str:
     await record_execution(job, "start")

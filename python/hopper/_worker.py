@@ -53,6 +53,8 @@ DEFAULT_JOB_CONNECTIONS = 10
 SETTLE_TIMEOUT = 10.0
 # Seconds a stopping worker waits for a cancelled handler (or helper) to end.
 CANCEL_PATIENCE = 5.0
+# A heartbeat this many seconds late means something held the event loop.
+LATE_LOOP_WARNING = 1.0
 # Wakes this long after a firing, so that the database's now() has passed it.
 FIRING_MARGIN = 0.005
 
@@ -171,6 +173,8 @@ class Worker:
         # set while worker_id is registered: claims and heartbeats wait for it, so
         # no job is locked by an id that rescue_stale_jobs cannot see
         self._registered = asyncio.Event()
+        # the tasks of the jobs started since the last heartbeat (see _warn_if_late)
+        self._tasks_started: set[str] = set()
         self._reported = asyncio.Event()
         self._stopping = False
         self._stop_now = False
@@ -426,6 +430,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         task = self.tasks.tasks[job.task_identifier]
+        self._tasks_started.add(task.name)
         context = JobContext(
             job=job,
             worker_id=self.worker_id,
@@ -519,8 +524,12 @@ class Worker:
 
     async def _heartbeat_forever(self) -> None:
         """Heartbeat, pick up cancellation requests, and rescue dead workers' jobs."""
+        clock = asyncio.get_running_loop().time
         while True:
+            due = clock() + self.heartbeat_interval
+            self._tasks_started = {r.job.task_identifier for r in self._running.values()}
             await asyncio.sleep(self.heartbeat_interval)
+            self._warn_if_late(clock() - due)
             if not self._registered.is_set():
                 continue  # the new id's registration is on its way
             worker_id = self.worker_id
@@ -537,6 +546,22 @@ class Worker:
                 await self._identity_lost(worker_id)
             except psycopg.OperationalError as error:
                 logger.warning("heartbeat failed (%s)", error)
+
+    def _warn_if_late(self, late: float) -> None:
+        """An async handler that blocks (time.sleep, a sync client) holds the event
+        loop: no heartbeat, claim or report runs meanwhile, and past stale_after
+        other workers rescue its jobs and run them again. Say so, naming the tasks
+        that ran meanwhile (those running at the last heartbeat, and those started
+        since)."""
+        if late < LATE_LOOP_WARNING:
+            return
+        logger.warning(
+            "the event loop ran %.1f s late (heartbeats stop while it is held; past"
+            " stale_after, %s s, other workers rescue this worker's jobs). Tasks run"
+            " meanwhile: %s. An async handler must not block: make a blocking one a"
+            " sync def, which runs in a thread",
+            late, self.stale_after, ", ".join(sorted(self._tasks_started)) or "none",
+        )  # fmt: skip
 
     async def _enqueue_schedules_forever(self) -> None:
         """Enqueue the firings schedules owe, at start, when the next one is due, when
