@@ -394,3 +394,21 @@ def test_a_worker_without_tasks_is_refused(dsn):
         hopper.Worker(dsn, hopper.TaskRegistry())
     with pytest.raises(ValueError, match="tasks holds no task"):
         hopper.run_once(dsn, worker_tasks.empty)
+
+
+def test_a_generator_handler_is_refused_at_registration():
+    """A handler that yields returns a generator that nothing iterates: its job
+    failed with "result is not JSON serialisable" (a sync one) or a TypeError on
+    every attempt (an async one), its body never run."""
+    tasks = hopper.TaskRegistry()
+
+    def sync_generator(payload: dict):
+        yield payload
+
+    async def async_generator(payload: dict):
+        yield payload
+
+    for handler in (sync_generator, async_generator):
+        with pytest.raises(TypeError, match=rf"handler {handler.__name__} is a generator"):
+            tasks.task(handler.__name__)(handler)
+    assert tasks.names() == []

@@ -55,6 +55,10 @@ class TaskRegistry:
         def register(handler: Handler) -> Handler:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is already registered")
+            function = inspect.unwrap(getattr(handler, "func", handler))
+            if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+                # its call would return a generator that nothing iterates
+                raise TypeError(f"handler {_name(handler)} is a generator: return, not yield")
             self.tasks[name] = Task(
                 name=name,
                 handler=handler,
