@@ -412,3 +412,21 @@ def test_a_generator_handler_is_refused_at_registration():
         with pytest.raises(TypeError, match=rf"handler {handler.__name__} is a generator"):
             tasks.task(handler.__name__)(handler)
     assert tasks.names() == []
+
+
+def test_a_handler_that_no_call_fits_is_refused_at_registration():
+    """A handler is called with (payload) or (payload, job); one with a third required
+    parameter, or a required keyword-only one, failed with a TypeError every attempt."""
+    tasks = hopper.TaskRegistry()
+
+    def three(payload: dict, job: JobContext, extra: int) -> None: ...
+
+    def keyword(payload: dict, *, key: str) -> None: ...
+
+    def optional(payload: dict, job: JobContext, extra: int = 1) -> None: ...
+
+    for handler in (three, keyword):
+        with pytest.raises(TypeError, match=rf"handler {handler.__name__} must take \(payload\)"):
+            tasks.task(handler.__name__)(handler)
+    tasks.task("optional")(optional)
+    assert tasks.names() == ["optional"] and tasks.tasks["optional"].takes_context

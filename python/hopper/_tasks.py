@@ -64,7 +64,7 @@ class TaskRegistry:
                 handler=handler,
                 timeout=parse_duration(timeout, "timeout") if timeout is not None else None,
                 payload_validator=_payload_validator(handler),
-                takes_context=len(inspect.signature(handler).parameters) >= 2,
+                takes_context=_takes_context(handler),
                 is_async=_is_async(handler),
             )
             return handler
@@ -98,6 +98,22 @@ def _holds_model(annotation: Any, model: type) -> bool:
     if inspect.isclass(annotation) and not typing.get_args(annotation):
         return issubclass(annotation, model)
     return any(_holds_model(argument, model) for argument in typing.get_args(annotation))
+
+
+def _takes_context(handler: Handler) -> bool:
+    """Whether the handler is called with (payload, job) rather than (payload): it
+    is when it has a second parameter. A handler that neither call fits (a third
+    required parameter, a required keyword-only one) would fail every attempt."""
+    signature = inspect.signature(handler)
+    takes_context = len(signature.parameters) >= 2
+    try:
+        signature.bind(*([None, None] if takes_context else [None]))
+    except TypeError as error:
+        raise TypeError(
+            f"handler {_name(handler)} must take (payload) or (payload, job), with any"
+            f" other parameter optional; it takes {signature} ({error})"
+        ) from None
+    return takes_context
 
 
 def _name(handler: Handler) -> str:
