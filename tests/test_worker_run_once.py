@@ -430,3 +430,15 @@ def test_a_handler_that_no_call_fits_is_refused_at_registration():
             tasks.task(handler.__name__)(handler)
     tasks.task("optional")(optional)
     assert tasks.names() == ["optional"] and tasks.tasks["optional"].takes_context
+
+
+def test_the_decorator_without_its_task_identifier_says_so():
+    """@tasks.task without parentheses passed the function as the name, and raised
+    AttributeError: 'function' object has no attribute 'strip'."""
+    tasks = hopper.TaskRegistry()
+    with pytest.raises(TypeError, match=r'takes the task identifier: @tasks.task\("send_email"\)'):
+
+        @tasks.task  # type: ignore[arg-type]
+        def send_email(payload: dict) -> None: ...
+
+    assert tasks.names() == []

@@ -49,6 +49,10 @@ class TaskRegistry:
     def task(
         self, name: str, *, timeout: float | timedelta | str | None = None
     ) -> Callable[[Handler], Handler]:
+        if not isinstance(name, str):  # @tasks.task without its parentheses
+            raise TypeError(
+                f'tasks.task takes the task identifier: @tasks.task("send_email") (got {name!r})'
+            )
         if not name or not name.strip():
             raise ValueError("task name must not be blank")
 
