@@ -200,3 +200,37 @@ def test_a_naive_run_at_is_refused_and_an_aware_one_kept_whatever_the_session_zo
         one = hopper.add_job(conn, "t", run_at=noon_utc)
         [many] = hopper.add_jobs(conn, [hopper.JobSpec("t", run_at=noon_utc)])
     assert one.run_at == many.run_at == noon_utc
+
+
+def test_the_wrong_kind_of_connection_is_named(dsn):
+    """A DSN given to add_job raised "'str' object has no attribute 'cursor'", and a
+    sync Connection given to an async twin "'Cursor' object does not support the
+    asynchronous context manager protocol"."""
+    with pytest.raises(TypeError, match=r"^hopper.add_job takes a psycopg Connection, not a DSN"):
+        hopper.add_job(dsn, "t")
+    with pytest.raises(TypeError, match=r"^hopper.add_jobs takes a psycopg Connection \(got str"):
+        hopper.add_jobs(dsn, [hopper.JobSpec("t")])
+    with pytest.raises(TypeError, match=r"^hopper.job_status takes a psycopg Connection"):
+        hopper.job_status(dsn, 1)
+
+    async def mixed() -> list[str]:
+        messages = []
+        with psycopg.connect(dsn) as sync_conn:
+            for call in (aio.add_job(sync_conn, "t"), aio.cancel_jobs(sync_conn, [1])):
+                with pytest.raises(TypeError) as refused:
+                    await call
+                messages.append(str(refused.value))
+        async with await psycopg.AsyncConnection.connect(dsn) as async_conn:
+            with pytest.raises(TypeError) as refused:
+                hopper.quick_add_job(async_conn, "t")
+            messages.append(str(refused.value))
+        return messages
+
+    assert asyncio.run(mixed()) == [
+        "hopper.aio.add_job takes a psycopg AsyncConnection, not a Connection: use hopper.add_job",
+        "hopper.aio.cancel_jobs takes a psycopg AsyncConnection, not a Connection:"
+        " use hopper.cancel_jobs",
+        "hopper.quick_add_job takes a psycopg Connection, not an AsyncConnection:"
+        " use hopper.aio.quick_add_job",
+    ]
+    assert _jobs(dsn) == []

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from hopper._producer import checked_connection
 from hopper._records import JOB_SELECT_LIST, Job
 
 
@@ -51,6 +52,7 @@ def _jobs(conn: psycopg.Connection, query: sql.Composed, values: list[Any]) -> l
 
 def job_status(conn: psycopg.Connection, job_id: int, *, schema: str = "hopper") -> Job | None:
     """The job as it is now, or None when there is none (never added, or pruned)."""
+    checked_connection(conn, "job_status")
     found = _jobs(conn, *job_status_call(job_id, schema))
     return found[0] if found else None
 
@@ -65,6 +67,7 @@ def cancel_jobs(
     """Cancels the active jobs among job_ids (a running one is asked to stop: its
     worker cancels the handler, and it ends cancelled unless it completed first);
     returns the jobs it changed, by id."""
+    checked_connection(conn, "cancel_jobs")
     return _jobs(conn, *cancel_jobs_call(job_ids, reason, schema))
 
 
@@ -73,4 +76,5 @@ def retry_jobs(
 ) -> list[Job]:
     """Makes the failed and cancelled jobs among job_ids pending now, attempts 0;
     returns the jobs it changed, by id."""
+    checked_connection(conn, "retry_jobs")
     return _jobs(conn, *retry_jobs_call(job_ids, schema))

@@ -115,6 +115,24 @@ def _specs_text(specs: Sequence[JobSpec]) -> str:
         raise
 
 
+def checked_connection(conn: Any, function: str, asynchronous: bool = False) -> Any:
+    """conn, unless it is not the kind of connection function runs on: a DSN, or
+    the other kind (whose cursor fails with an AttributeError or a TypeError)."""
+    wanted = psycopg.AsyncConnection if asynchronous else psycopg.Connection
+    if isinstance(conn, wanted):
+        return conn
+    name = f"hopper.aio.{function}" if asynchronous else f"hopper.{function}"
+    other = f"hopper.{function}" if asynchronous else f"hopper.aio.{function}"
+    takes = f"{name} takes a psycopg {wanted.__name__}"
+    if isinstance(conn, psycopg.AsyncConnection):
+        raise TypeError(f"{takes}, not an AsyncConnection: use {other}")
+    if isinstance(conn, psycopg.Connection):
+        raise TypeError(f"{takes}, not a Connection: use {other}")
+    if isinstance(conn, str) and function == "add_job":
+        raise TypeError(f"{takes}, not a DSN: use {name.replace('add_job', 'quick_add_job')}")
+    raise TypeError(f"{takes} (got {type(conn).__name__})")
+
+
 def add_job(
     conn: psycopg.Connection,
     identifier: str,
@@ -124,6 +142,7 @@ def add_job(
     **options: Any,
 ) -> Job:
     """Add a job in the caller's transaction; options mirror SQL add_job, plus ``delay``."""
+    checked_connection(conn, "add_job")
     return _one_job(conn, *add_job_call(identifier, payload, options, schema))
 
 
@@ -143,6 +162,7 @@ def add_jobs(
     schema: str = "hopper",
 ) -> list[Job]:
     """Add many jobs in one statement; one Job per spec, in order."""
+    checked_connection(conn, "add_jobs")
     query, values = add_jobs_call(specs, job_key_preserve_run_at, schema)
     with conn.cursor(row_factory=tuple_row) as cursor:
         return [Job.from_added_values(row) for row in cursor.execute(query, values).fetchall()]
@@ -158,8 +178,8 @@ def quick_add_job(
 ) -> Job:
     """Add one job and commit it at once (opens a connection when given a DSN)."""
     call = add_job_call(identifier, payload, options, schema)  # bad options fail here
-    if isinstance(dsn_or_conn, psycopg.Connection):
-        with dsn_or_conn.transaction():
+    if not isinstance(dsn_or_conn, str):
+        with checked_connection(dsn_or_conn, "quick_add_job").transaction():
             return _one_job(dsn_or_conn, *call)
     with psycopg.connect(dsn_or_conn, autocommit=True) as conn:
         return _one_job(conn, *call)

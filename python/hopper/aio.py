@@ -10,7 +10,7 @@ from psycopg.rows import tuple_row
 
 from hopper._admin import cancel_jobs_call, job_status_call, retry_jobs_call
 from hopper._options import JobSpec
-from hopper._producer import add_job_call, add_jobs_call
+from hopper._producer import add_job_call, add_jobs_call, checked_connection
 from hopper._records import Job
 from hopper._tasks import TaskRegistry
 from hopper._worker import Worker
@@ -24,6 +24,7 @@ async def add_job(
     schema: str = "hopper",
     **options: Any,
 ) -> Job:
+    checked_connection(conn, "add_job", asynchronous=True)
     return await _one_job(conn, *add_job_call(identifier, payload, options, schema))
 
 
@@ -42,6 +43,7 @@ async def add_jobs(
     job_key_preserve_run_at: bool = False,
     schema: str = "hopper",
 ) -> list[Job]:
+    checked_connection(conn, "add_jobs", asynchronous=True)
     query, values = add_jobs_call(specs, job_key_preserve_run_at, schema)
     async with conn.cursor(row_factory=tuple_row) as cursor:
         await cursor.execute(query, values)
@@ -57,8 +59,8 @@ async def quick_add_job(
     **options: Any,
 ) -> Job:
     call = add_job_call(identifier, payload, options, schema)
-    if isinstance(dsn_or_conn, psycopg.AsyncConnection):
-        async with dsn_or_conn.transaction():
+    if not isinstance(dsn_or_conn, str):
+        async with checked_connection(dsn_or_conn, "quick_add_job", True).transaction():
             return await _one_job(dsn_or_conn, *call)
     async with await psycopg.AsyncConnection.connect(dsn_or_conn, autocommit=True) as conn:
         return await _one_job(conn, *call)
@@ -67,6 +69,7 @@ async def quick_add_job(
 async def job_status(
     conn: psycopg.AsyncConnection, job_id: int, *, schema: str = "hopper"
 ) -> Job | None:
+    checked_connection(conn, "job_status", asynchronous=True)
     found = await _jobs(conn, *job_status_call(job_id, schema))
     return found[0] if found else None
 
@@ -78,12 +81,14 @@ async def cancel_jobs(
     *,
     schema: str = "hopper",
 ) -> list[Job]:
+    checked_connection(conn, "cancel_jobs", asynchronous=True)
     return await _jobs(conn, *cancel_jobs_call(job_ids, reason, schema))
 
 
 async def retry_jobs(
     conn: psycopg.AsyncConnection, job_ids: Sequence[int], *, schema: str = "hopper"
 ) -> list[Job]:
+    checked_connection(conn, "retry_jobs", asynchronous=True)
     return await _jobs(conn, *retry_jobs_call(job_ids, schema))
 
 
