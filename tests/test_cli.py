@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import psycopg
+import pytest
 from sqlcalls import add_job, job
 from workerprocs import TESTS_DIR, a_call_waits_for_a_lock, wait_until
 
@@ -184,3 +186,28 @@ def test_version_names_the_package_and_its_newest_migration():
     import hopper as package
 
     assert package.__version__ == version("pghopper")
+
+
+def test_add_job_takes_every_option_of_add_job_and_bare_seconds(dsn):
+    """--delay 90 was refused although the help says "seconds", and timeout,
+    backoff and dead_letter had no option at all."""
+    added = hopper(
+        "add-job", "t", "--delay", "90", "--timeout", "30", "--backoff", "linear",
+        "--backoff-delay", "5s", "--backoff-max", "1m", "--dead-letter", "dlq", dsn=dsn,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    job_id = json.loads(added.stdout)["id"]
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT run_at - created_at, timeout, backoff, backoff_delay, backoff_max,"
+            " dead_letter FROM hopper._jobs WHERE id = %s",
+            [job_id],
+        ).fetchone()
+    assert row[0].total_seconds() == pytest.approx(90, abs=0.01)
+    assert row[1:] == (
+        timedelta(seconds=30),
+        "linear",
+        timedelta(seconds=5),
+        timedelta(minutes=1),
+        "dlq",
+    )

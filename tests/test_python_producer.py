@@ -51,7 +51,7 @@ def test_deduped_add_reports_it(dsn):
 @pytest.mark.parametrize(
     ("delay", "seconds"),
     [(90, 90), (1.5, 1.5), (timedelta(minutes=2), 120), ("5s", 5), ("5m", 300),
-     ("1h", 3600), ("2d", 172800)],
+     ("1h", 3600), ("2d", 172800), ("90", 90), ("1.5", 1.5)],
 )  # fmt: skip
 def test_delay_forms(dsn, delay, seconds):
     job = hopper.quick_add_job(dsn, "t", delay=delay)

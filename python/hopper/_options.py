@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# a bare number is seconds, as the CLI's options (always text) are documented to take
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
 def parse_duration(value: float | timedelta | str, argument: str = "delay") -> timedelta:
-    """Seconds (int or float), a timedelta, or "5s" "5m" "1h" "2d"."""
+    """Seconds (int or float, or their text), a timedelta, or "5s" "5m" "1h" "2d"."""
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):

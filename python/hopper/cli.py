@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--tag", dest="tags", action="append")
     add.add_argument("--depends-on", dest="depends_on", type=int, action="append", metavar="JOB_ID")
     add.add_argument("--depends-on-tag", dest="depends_on_tags", action="append", metavar="TAG")
+    add.add_argument("--timeout", help='how long a run may take: seconds or "30s" "5m"')
+    add.add_argument("--backoff", choices=["exponential", "linear", "fixed"])
+    add.add_argument("--backoff-delay", help='seconds or "5s" "5m" "1h"')
+    add.add_argument("--backoff-max", help='seconds or "5s" "5m" "1h"')
+    add.add_argument("--dead-letter", metavar="TASK", help="task that gets the job if it fails")
 
     cancel = commands.add_parser("cancel", help="cancel jobs (running ones are asked to stop)")
     cancel.add_argument("job_ids", nargs="+", type=int)
@@ -300,7 +305,8 @@ def _check_installed(dsn: str, schema: str) -> None:
 
 ADD_JOB_FLAGS = (
     "run_at", "delay", "queue_name", "priority", "max_attempts", "job_key", "job_key_mode",
-    "flags", "tags", "depends_on", "depends_on_tags",
+    "flags", "tags", "depends_on", "depends_on_tags", "timeout", "backoff", "backoff_delay",
+    "backoff_max", "dead_letter",
 )  # fmt: skip
 
 
