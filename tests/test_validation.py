@@ -138,6 +138,9 @@ def test_add_jobs_batch_larger_than_max_batch_size_is_rejected(conn):
         ("get_jobs", ["w", None, 0], "22023", "get_jobs: batch_size must be at least 1"),
         ("get_jobs", ["w", None, 10001], "54000", "get_jobs: batch_size 10001 is more than"),
         ("get_jobs", ["w", None, 1, None, "-1 hour"], "22023", "job_expiry must be positive"),
+        # a null matches nothing: the list was taken for its other elements
+        ("get_jobs", ["w", ["t", None]], "22004", "get_jobs: task_identifiers must not contain"),
+        ("get_jobs", ["w", None, 1, ["f", None]], "22004", "forbidden_flags must not contain"),
         ("complete_job", [None, 1], "22004", "complete_job: worker_id must not be null"),
         ("complete_job", ["w", None], "22004", "complete_job: job_id must not be null"),
         ("complete_claimed_jobs", ["w", None], "22004", "job_ids must not be null"),

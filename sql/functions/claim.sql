@@ -387,6 +387,8 @@ BEGIN
         coalesce(
             worker_id !~ '^\s*$' AND length(worker_id) <= 128
             AND batch_size >= 1 AND job_expiry > interval '0' AND get_jobs.now IS NOT NULL
+            AND array_position(task_identifiers, NULL) IS NULL
+            AND array_position(forbidden_flags, NULL) IS NULL
             AND batch_size <= (
                 SELECT s.value::integer FROM hopper.settings AS s WHERE s.name = 'max_batch_size'
             )
@@ -411,6 +413,13 @@ BEGIN
     INTO arguments_hold, expired, any_due, was_waiting;
     IF NOT arguments_hold THEN
         PERFORM hopper._check_claim_arguments(worker_id, batch_size, job_expiry, get_jobs.now);
+        -- a null matches nothing, so such a list was taken for its other elements
+        IF array_position(task_identifiers, NULL) IS NOT NULL THEN
+            PERFORM hopper._raise('get_jobs', '22004', 'task_identifiers must not contain null');
+        END IF;
+        IF array_position(forbidden_flags, NULL) IS NOT NULL THEN
+            PERFORM hopper._raise('get_jobs', '22004', 'forbidden_flags must not contain null');
+        END IF;
     END IF;
     IF cardinality(expired) > 0 THEN
         PERFORM hopper._expire_locks(expired, get_jobs.now, job_expiry);
