@@ -3,13 +3,14 @@ retry_jobs on the caller's connection, so in the caller's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from hopper._options import as_list
 from hopper._producer import checked_connection
 from hopper._records import JOB_SELECT_LIST, Job
 
@@ -24,11 +25,7 @@ def admin_call(function: str, arguments: str, schema: str) -> sql.Composed:
 
 def _ids(job_ids: Sequence[int]) -> list[int] | None:
     """job_ids as an array parameter; None is left to the function to refuse."""
-    if job_ids is None:
-        return None
-    if isinstance(job_ids, str | bytes) or not isinstance(job_ids, Iterable):
-        raise TypeError(f"job_ids must be a list of job ids (got {job_ids!r})")
-    return list(job_ids)
+    return None if job_ids is None else as_list(job_ids, "job_ids", "job ids")
 
 
 def job_status_call(job_id: int, schema: str) -> tuple[sql.Composed, list[Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +33,14 @@ def parse_duration(value: float | timedelta | str, argument: str = "delay") -> t
     if seconds < 0:
         raise ValueError(f"{argument} must not be negative (got {value!r})")
     return timedelta(seconds=seconds)
+
+
+def as_list(value: Any, argument: str, of: str) -> list[Any]:
+    """value as a list; a str (which would be taken for a list of characters) or
+    a value that is not iterable raises, naming the argument."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"{argument} must be a list of {of} (got {value!r})")
+    return list(value)
 
 
 def aware(value: Any, argument: str = "run_at") -> Any:

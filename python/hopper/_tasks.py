@@ -59,7 +59,7 @@ class TaskRegistry:
         def register(handler: Handler) -> Handler:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is already registered")
-            function = inspect.unwrap(getattr(handler, "func", handler))
+            function = _function_of(handler)
             if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
                 # its call would return a generator that nothing iterates
                 raise TypeError(f"handler {_name(handler)} is a generator: return, not yield")
@@ -131,15 +131,19 @@ def _is_async(handler: Handler) -> bool:
     )
 
 
+def _function_of(handler: Handler) -> Any:
+    """The handler under its decorators, or a partial's function."""
+    function = inspect.unwrap(handler)
+    return function.func if isinstance(function, functools.partial) else function
+
+
 def _evaluated_annotation(handler: Handler, name: str) -> Any:
     """The annotation of the handler's parameter name, evaluated as
     typing.get_type_hints does. Only that one: the others may name what a module
     imports for type checkers alone (a JobContext under TYPE_CHECKING), which
     cannot be evaluated at runtime."""
-    function = inspect.unwrap(handler)
-    if isinstance(function, functools.partial):
-        function = function.func
-    elif not inspect.isroutine(function):
+    function = _function_of(handler)
+    if not inspect.isroutine(function):
         function = type(function).__call__  # an instance of a class with __call__
     annotations = getattr(function, "__annotations__", None) or {}
     if name not in annotations:

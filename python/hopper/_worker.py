@@ -22,6 +22,7 @@ import psycopg
 
 from hopper._db import Database
 from hopper._notifier import listen
+from hopper._options import as_list
 from hopper._records import Job
 from hopper._tasks import (
     Completed,
@@ -68,9 +69,7 @@ def _flags(flags: object, source: str) -> list[str] | None:
     a list of one-letter flags, or a blank flag raises."""
     if flags is None:
         return None
-    if isinstance(flags, str | bytes) or not isinstance(flags, Iterable):
-        raise TypeError(f"{source} must be a list of flags (got {flags!r})")
-    checked = list(flags)
+    checked = as_list(flags, source, "flags")
     if not all(isinstance(flag, str) and flag.strip() for flag in checked):
         raise ValueError(f"{source} must hold non-blank strings (got {checked!r})")
     return checked or None
@@ -147,8 +146,9 @@ class Worker:
             raise ValueError("stale_after must be longer than heartbeat_interval")
         self.tasks = tasks
         self.forbidden_flags = forbidden_flags
-        if not callable(forbidden_flags):
-            self._fixed_flags = _flags(forbidden_flags, "forbidden_flags")
+        self._fixed_flags = (
+            None if callable(forbidden_flags) else _flags(forbidden_flags, "forbidden_flags")
+        )
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.grace_period = grace_period
@@ -173,7 +173,8 @@ class Worker:
         # set while worker_id is registered: claims and heartbeats wait for it, so
         # no job is locked by an id that rescue_stale_jobs cannot see
         self._registered = asyncio.Event()
-        # the tasks of the jobs started since the last heartbeat (see _warn_if_late)
+        # the tasks of the jobs running at the last heartbeat or started since (see
+        # _warn_if_late)
         self._tasks_started: set[str] = set()
         self._reported = asyncio.Event()
         self._stopping = False

@@ -321,7 +321,12 @@ $$;
 
 -- The full checks of get_jobs' arguments, raising the first problem.
 CREATE OR REPLACE FUNCTION hopper._check_claim_arguments(
-    worker_id text, batch_size integer, job_expiry interval, claim_time timestamptz
+    worker_id text,
+    task_identifiers text[],
+    batch_size integer,
+    forbidden_flags text[],
+    job_expiry interval,
+    claim_time timestamptz
 ) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -347,6 +352,13 @@ BEGIN
         PERFORM hopper._raise('get_jobs', '22023', format(
             'job_expiry must be positive (got %s)', job_expiry
         ));
+    END IF;
+    -- a null matches nothing, so such a list was taken for its other elements
+    IF array_position(task_identifiers, NULL) IS NOT NULL THEN
+        PERFORM hopper._raise('get_jobs', '22004', 'task_identifiers must not contain null');
+    END IF;
+    IF array_position(forbidden_flags, NULL) IS NOT NULL THEN
+        PERFORM hopper._raise('get_jobs', '22004', 'forbidden_flags must not contain null');
     END IF;
 END
 $$;
@@ -412,14 +424,9 @@ BEGIN
         (SELECT w.waiting FROM hopper._workers AS w WHERE w.id = worker_id)
     INTO arguments_hold, expired, any_due, was_waiting;
     IF NOT arguments_hold THEN
-        PERFORM hopper._check_claim_arguments(worker_id, batch_size, job_expiry, get_jobs.now);
-        -- a null matches nothing, so such a list was taken for its other elements
-        IF array_position(task_identifiers, NULL) IS NOT NULL THEN
-            PERFORM hopper._raise('get_jobs', '22004', 'task_identifiers must not contain null');
-        END IF;
-        IF array_position(forbidden_flags, NULL) IS NOT NULL THEN
-            PERFORM hopper._raise('get_jobs', '22004', 'forbidden_flags must not contain null');
-        END IF;
+        PERFORM hopper._check_claim_arguments(
+            worker_id, task_identifiers, batch_size, forbidden_flags, job_expiry, get_jobs.now
+        );
     END IF;
     IF cardinality(expired) > 0 THEN
         PERFORM hopper._expire_locks(expired, get_jobs.now, job_expiry);
