@@ -200,6 +200,31 @@ def test_an_async_handler_that_blocks_the_loop_is_named_in_a_warning(dsn, conn, 
     assert "make a blocking one a sync def" in warnings[0]
 
 
+def test_a_blocked_report_stops_the_claims_at_twice_the_concurrency(dsn, conn, connect):
+    """A job is ours until its outcome is reported. With the reporter stuck (here a
+    completion waits for a row lock) the worker claimed on as its handlers ended,
+    until it held every pending job; a crash then would have run them all again."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=4, poll_interval=0.2)
+    running = "SELECT count(*) FROM hopper._jobs WHERE state = 'running'"
+    with worker_in_thread(worker):
+        first = scalar(dsn, "SELECT id FROM hopper.add_job('slow_sync', '{\"seconds\": 0.5}')")
+        wait_until(lambda: job_row(dsn, first)[0] == "running", 10, "the slow job to start")
+        locker = connect()
+        locker.execute("BEGIN")
+        locker.execute("SELECT FROM hopper._jobs WHERE id = %s FOR UPDATE", [first])
+        blocked = (
+            "SELECT count(*) > 0 FROM pg_stat_activity"
+            " WHERE application_name LIKE 'hopper%%' AND wait_event_type = 'Lock'"
+        )
+        wait_until(lambda: scalar(dsn, blocked), 10, "its completion to wait for the lock")
+        conn.execute("SELECT hopper.add_job('echo', '{}') FROM generate_series(1, 100)")
+        time.sleep(1.5)
+        assert scalar(dsn, running) <= 2 * 4
+        locker.execute("ROLLBACK")
+        done = "SELECT count(*) FROM hopper.jobs WHERE state = 'completed'"
+        wait_until(lambda: scalar(dsn, done) == 101, 20, "all 101 jobs to complete")
+
+
 def test_a_worker_given_a_retired_id_refuses_to_start(dsn, conn):
     """An id fences the claims made under it, so an id that unregistered (a clean
     stop) or was rescued is refused for good. A worker given one retried its

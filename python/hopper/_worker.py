@@ -193,6 +193,8 @@ class Worker:
         # our last claim came up short, so the database counts us waiting and
         # notifies us of whatever becomes claimable
         self._notified_when_claimable = False
+        # the last claim was cut short by outcomes not yet reported (_free_slots)
+        self._held_back = False
 
     # --- control --------------------------------------------------------------
 
@@ -314,7 +316,7 @@ class Worker:
         clock = asyncio.get_running_loop().time
         release_at = clock() + self.heartbeat_interval
         while not self._stopping:
-            free = self.concurrency - len(self._running)
+            free = self._free_slots()
             # when full, only a finishing job makes room, and it sets _wake: a
             # notification heard meanwhile must not turn the wait into a busy loop
             self._wake.clear()
@@ -350,6 +352,18 @@ class Worker:
                     continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(idle_poll, self.poll_interval))
+
+    def _free_slots(self) -> int:
+        """How many jobs the next claim may take: the handler slots that are free, less
+        what the reports lag behind. A job stays ours, and would run again after a
+        crash, until its outcome is reported, so no more than twice the concurrency
+        may be held (running, or ended and unreported): with a reporter slower than
+        the handlers (a slow database, a blocked completion), claims would otherwise
+        outrun it without bound."""
+        unreported = len(self._outcomes) + len(self._sending)
+        lag = max(0, unreported - self.concurrency)
+        self._held_back = lag > 0
+        return max(0, self.concurrency - len(self._running) - lag)
 
     async def _claim(self, batch_size: int, forbidden: list[str] | None) -> list[Job]:
         while True:
@@ -471,7 +485,7 @@ class Worker:
         freed queue slot too), and claiming at every end as well cost two claims more
         per job at low load. Otherwise only this makes us claim again; a drain waits
         for it."""
-        if self._stopping or not self._notified_when_claimable:
+        if self._stopping or self._held_back or not self._notified_when_claimable:
             self._wake.set()
 
     def _progress_from_any_thread(self, job_id: int, percent: int) -> None:
