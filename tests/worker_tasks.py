@@ -220,6 +220,14 @@ async def hold_transaction(payload: dict, job: hopper.JobContext) -> None:
         await conn.execute("SELECT pg_sleep(%s)", [payload["seconds"]])
 
 
+@tasks.task("hold_transaction_sync")
+def hold_transaction_sync(payload: dict, job: hopper.JobContext) -> None:
+    """hold_transaction's sync twin; notes which backend its transaction ran on."""
+    with job.transaction() as conn:
+        conn.execute("SELECT pg_sleep(%s)", [payload["seconds"]])
+        conn.execute("INSERT INTO job_backends SELECT %s, pg_backend_pid()", [job.job.id])
+
+
 @tasks.task("lower_max_batch_size")
 def lower_max_batch_size(payload: dict) -> str:
     """Lowers max_batch_size while its batch runs, as an administrator might."""

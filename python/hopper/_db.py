@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from hopper._records import JOB_COLUMNS, JOB_SELECT_LIST, Job
 from hopper._tasks import Completed, Failed, JobContext, JobLost
@@ -63,6 +64,8 @@ class Database:
         self.dsn: str | None = target if isinstance(target, str) else None
         self._pool: AsyncConnectionPool | None = None
         self._job_pool: AsyncConnectionPool | None = None
+        self._sync_job_pool: ConnectionPool | None = None
+        self._sync_job_pool_lock = threading.Lock()  # sync handlers' threads open it
         self._job_pool_size = job_pool_size
         self._conn = None if isinstance(target, str) else target
         self._lock = asyncio.Lock()
@@ -106,6 +109,21 @@ class Database:
         await self._job_pool.open()  # a no-op once open
         return self._job_pool
 
+    def sync_job_pool(self) -> ConnectionPool:
+        """job_pool's twin for sync handlers, which run in threads: as many
+        connections, opened as needed."""
+        assert self.dsn is not None
+        with self._sync_job_pool_lock:
+            if self._sync_job_pool is None:
+                self._sync_job_pool = ConnectionPool(
+                    self.dsn,
+                    min_size=0,
+                    max_size=self._job_pool_size,
+                    kwargs={**self._connection_options, "application_name": "hopper-job"},
+                    open=True,
+                )
+            return self._sync_job_pool
+
     def job_transaction(self, context: JobContext, result: Any) -> JobTransaction:
         if self.dsn is None:
             raise RuntimeError("job.transaction() needs a worker started with a DSN")
@@ -116,6 +134,11 @@ class Database:
             if pool is not None:
                 await pool.close()
         self._pool = self._job_pool = None
+        with self._sync_job_pool_lock:
+            sync_pool, self._sync_job_pool = self._sync_job_pool, None
+        if sync_pool is not None:
+            # a connection a handler still holds closes when it comes back
+            await asyncio.to_thread(sync_pool.close)
 
     def call(self, function: str, arguments: str, columns: str = "*") -> sql.Composed:
         return sql.SQL("SELECT " + columns + " FROM {}.{}(" + arguments + ")").format(
@@ -260,14 +283,14 @@ async def _async_fetch(
 
 
 class JobTransaction:
-    """Usable as ``async with`` (a pooled connection) or ``with`` (a new connection)."""
+    """Usable as ``async with`` in an async handler or ``with`` in a sync one, each on
+    a pooled connection of its kind."""
 
     def __init__(self, db: Database, context: JobContext, result: Any) -> None:
         self.db = db
         self.context = context
         self.result = json.dumps(result, allow_nan=False)
-        self._async: Any = None
-        self._sync: Any = None
+        self._lease: Any = None  # the pool's connection() context
 
     def _completion(self) -> tuple[sql.Composed, list[Any]]:
         query = self.db.call("complete_job", "%s, %s, %s::jsonb", "id")
@@ -278,8 +301,8 @@ class JobTransaction:
             raise JobLost(f"job {self.context.job.id} is no longer held by this worker")
 
     async def __aenter__(self) -> psycopg.AsyncConnection:
-        self._async = (await self.db.job_pool()).connection()
-        conn = await self._async.__aenter__()
+        self._lease = (await self.db.job_pool()).connection()
+        conn = await self._lease.__aenter__()
         await conn.execute("BEGIN")
         self._conn = conn
         return conn
@@ -300,26 +323,27 @@ class JobTransaction:
             await conn.execute("ROLLBACK")
             raise
         finally:
-            await self._async.__aexit__(None, None, None)
+            await self._lease.__aexit__(None, None, None)
 
     def __enter__(self) -> psycopg.Connection:
-        assert self.db.dsn is not None
-        self._sync = psycopg.connect(self.db.dsn)
-        return self._sync
+        self._lease = self.db.sync_job_pool().connection()
+        conn = self._lease.__enter__()
+        conn.execute("BEGIN")
+        self._conn = conn
+        return conn
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
-        conn = self._sync
+        conn = self._conn
         try:
             if kind is None:
                 query, params = self._completion()
-                try:
-                    self._check(conn.execute(query, params).fetchone())
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
+                self._check(conn.execute(query, params).fetchone())
+                conn.execute("COMMIT")
                 self.context.completed_in_transaction = True
             else:
-                conn.rollback()
+                conn.execute("ROLLBACK")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         finally:
-            conn.close()
+            self._lease.__exit__(None, None, None)
