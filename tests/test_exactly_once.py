@@ -82,6 +82,33 @@ def test_failing_handler_rolls_its_writes_back(dsn, conn, ledger):
     assert job(conn, target)["last_error"] == "RuntimeError: handler failed after writing"
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_nested_transaction_block_commits_nothing_on_its_own(dsn, conn, ledger, kind):
+    """psycopg's conn.transaction() inside the job transaction is a savepoint. A sync
+    handler's connection used to start idle, so that block began and committed a
+    transaction of its own: its write stayed although the handler then failed."""
+    tasks = hopper.TaskRegistry()
+
+    @tasks.task("nested_async")
+    async def nested_async(payload: dict, job: hopper.JobContext) -> None:
+        async with job.transaction() as own:
+            async with own.transaction():
+                await own.execute("INSERT INTO ledger VALUES (%s, 1)", [job.job.id])
+            raise RuntimeError("after the inner block")
+
+    @tasks.task("nested_sync")
+    def nested_sync(payload: dict, job: hopper.JobContext) -> None:
+        with job.transaction() as own:
+            with own.transaction():
+                own.execute("INSERT INTO ledger VALUES (%s, 1)", [job.job.id])
+            raise RuntimeError("after the inner block")
+
+    target = add_job(conn, f"nested_{kind}", {}, max_attempts=1)["id"]
+    assert hopper.run_once(dsn, tasks) == 1
+    assert ledger() == []
+    assert job(conn, target)["state"] == "failed"
+
+
 def test_job_taken_away_before_commit_rolls_back_the_writes(dsn, conn, ledger):
     # each run loses the job just before committing; run_once runs it again at once
     target = add_job(conn, "ledger", {"amount": 5, "lose_job": True}, max_attempts=2)["id"]
