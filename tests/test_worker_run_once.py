@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -384,7 +385,69 @@ def test_a_long_error_is_cut_in_the_log_and_in_the_job(dsn, conn, caplog):
     assert job(conn, short)["last_error"] == kept + "... (5 more characters not kept)"
     assert job(conn, edge)["last_error"] == kept
     assert [e["message"] for e in job(conn, long)["errors"]] == [job(conn, long)["last_error"]]
-    assert max(len(r.getMessage()) for r in caplog.records) < 10_200
+    # the message and its traceback, whose exception line is cut the same way
+    assert max(len(r.getMessage()) for r in caplog.records) < 20_500
+
+
+def test_a_failure_is_logged_with_the_handlers_traceback(dsn, conn, caplog):
+    """The log said "job failed: KeyError: 'missing'" and no more, so nothing told
+    where in the handler the error came from."""
+    caplog.set_level(logging.WARNING, logger="hopper")
+    target = add_job(conn, "explode", {"why": "disk full"})["id"]
+    assert hopper.run_once(dsn, worker_tasks.tasks) == 1
+    [record] = [r for r in caplog.records if r.name == "hopper.worker"]
+    assert record.levelno == logging.WARNING
+    lines = record.getMessage().splitlines()
+    assert lines[0] == f"job {target} (explode, attempt 1): job failed: ValueError: disk full"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert 'worker_tasks.py", line' in lines[2] and "in explode" in lines[2]
+    assert lines[-1] == "ValueError: disk full"
+    assert "hopper/_tasks.py" not in record.getMessage()  # the frames that called it
+
+
+def test_a_job_that_fails_for_good_is_logged_as_an_error(dsn, conn, caplog):
+    """A PermanentFailure, a payload its model refuses and a result that is not
+    JSON ended their jobs failed without a line in the log; a last attempt's failure
+    read like any other."""
+    caplog.set_level(logging.WARNING, logger="hopper")
+    tasks = hopper.TaskRegistry()
+
+    @tasks.task("refuse")
+    async def refuse(payload: dict) -> None:
+        raise hopper.PermanentFailure("no such user")
+
+    @tasks.task("opaque")
+    def opaque(payload: dict) -> object:
+        return object()
+
+    @tasks.task("last")
+    def last(payload: dict) -> None:
+        raise ValueError("still broken")
+
+    refused = add_job(conn, "refuse", {})["id"]
+    invalid = add_job(conn, "send_email", {"to": "a@b.c"})["id"]
+    unstorable = add_job(conn, "opaque", {})["id"]
+    exhausted = add_job(conn, "last", {}, max_attempts=1)["id"]
+    tasks.tasks["send_email"] = worker_tasks.tasks.tasks["send_email"]
+    assert hopper.run_once(dsn, tasks) == 4
+    logged = {
+        int(r.getMessage().split()[1]): (r.levelno, r.getMessage().splitlines()[0])
+        for r in caplog.records
+        if r.name == "hopper.worker"
+    }
+    for target in (refused, invalid, unstorable, exhausted):
+        assert job(conn, target)["state"] == "failed"
+    assert logged == {
+        refused: (logging.ERROR, f"job {refused} (refuse, attempt 1): job failed for good"
+                  " (no retry): PermanentFailure: no such user"),
+        invalid: (logging.ERROR, f"job {invalid} (send_email, attempt 1): job failed for good"
+                  " (no retry): payload is invalid: subject: Field required"),
+        unstorable: (logging.ERROR, f"job {unstorable} (opaque, attempt 1): job failed for"
+                     " good (no retry): result is not JSON serialisable: Object of type"
+                     " object is not JSON serializable"),
+        exhausted: (logging.ERROR, f"job {exhausted} (last, attempt 1): job failed for good"
+                    " (attempt 1 of 1): ValueError: still broken"),
+    }  # fmt: skip
 
 
 def test_a_worker_without_tasks_is_refused(dsn):

@@ -11,10 +11,11 @@ import logging
 import re
 import sys
 import threading
+import traceback
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -254,6 +255,7 @@ class Failed:
     message: str
     replacement_payload: Any = None
     permanent: bool = False
+    trace: str = field(default="", compare=False)  # for the log, never stored
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,7 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
         context.cancelled.set()
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
     except PermanentFailure as error:
-        return Failed(job.id, _error_text(error), permanent=True)
+        return Failed(job.id, _error_text(error), permanent=True, trace=_traceback_text(error))
     except Exception as error:
         return _failure(context, job, error)
     if context.completed_in_transaction:
@@ -344,9 +346,24 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
 
 
 def _failure(context: JobContext, job: Job, error: Exception) -> Failed:
-    text = _error_text(error)
-    context.logger.warning("job failed: %s", text)
-    return Failed(job.id, text)
+    return Failed(job.id, _error_text(error), trace=_traceback_text(error))
+
+
+def log_failure(context: JobContext, outcome: Failed) -> None:
+    """Logs a failed job with its traceback: a warning while attempts remain, an error
+    when the job fails for good."""
+    job = context.job
+    if outcome.permanent:
+        level, what = logging.ERROR, "job failed for good (no retry)"
+    elif job.attempts >= job.max_attempts:
+        level, what = (
+            logging.ERROR,
+            f"job failed for good (attempt {job.attempts} of {job.max_attempts})",
+        )
+    else:
+        level, what = logging.WARNING, "job failed"
+    trace = f"\n{outcome.trace.rstrip()}" if outcome.trace else ""
+    context.logger.log(level, "%s: %s%s", what, outcome.message, trace)
 
 
 def interval_text(duration: timedelta) -> str:
@@ -369,11 +386,29 @@ MAX_ERROR_CHARS = 10_000
 
 def _error_text(error: BaseException) -> str:
     text = str(error)
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return _cut(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+
+
+def _cut(text: str) -> str:
     if len(text) > MAX_ERROR_CHARS:
         cut = len(text) - MAX_ERROR_CHARS
         text = f"{text[:MAX_ERROR_CHARS]}... ({cut:,} more characters not kept)"
     return text
+
+
+def _traceback_text(error: BaseException) -> str:
+    """The traceback Python would print, chained exceptions included, without the
+    frames of this module that called the handler, and each of its pieces (a frame,
+    an exception's message) cut as the stored message is."""
+    report = traceback.TracebackException.from_exception(error)
+    chained: traceback.TracebackException | None = report
+    while chained is not None:
+        frames = [f for f in chained.stack if f.filename != __file__]
+        chained.stack = traceback.StackSummary.from_list(frames)
+        chained = chained.__cause__ or (
+            None if chained.__suppress_context__ else chained.__context__
+        )
+    return "".join(_cut(piece) for piece in report.format())
 
 
 # \u0000 as json.dumps writes the character U+0000: not after an escaped backslash
@@ -409,4 +444,5 @@ def _batch_outcome(job: Job, results: list[Any]) -> Failed:
     failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
     first = results[failed[0]]
     message = f"{len(failed)} of {len(results)} elements failed; first: {_error_text(first)}"
-    return Failed(job.id, message, replacement_payload=[job.payload[i] for i in failed])
+    replacement = [job.payload[i] for i in failed]
+    return Failed(job.id, message, replacement_payload=replacement, trace=_traceback_text(first))

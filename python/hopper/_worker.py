@@ -31,6 +31,7 @@ from hopper._tasks import (
     Report,
     Task,
     TaskRegistry,
+    log_failure,
     run_handler,
 )
 
@@ -469,6 +470,9 @@ class Worker:
             # a fault of hopper's own: the job must still end, and its slot free up
             context.logger.exception("running the job failed")
             outcome = Failed(job.id, f"the worker failed running this job: {error!r}")
+        else:
+            if isinstance(outcome, Failed):
+                log_failure(context, outcome)
         self._ended(job.id, outcome)
 
     def _ended(self, job_id: int, outcome: Report) -> None:
