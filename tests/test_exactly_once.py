@@ -227,6 +227,28 @@ def test_sync_job_transactions_reuse_their_connections(dsn, conn):
     assert row["n"] == 20 and 1 <= row["pids"] <= 2, row
 
 
+def test_a_job_connection_that_died_while_idle_costs_no_attempt(dsn, conn, ledger):
+    """The pools keep job connections between jobs. One that died meanwhile (a
+    server restart, a firewall dropping idle connections) failed the next job's
+    attempt at its BEGIN; now the transaction takes another connection."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=2, job_connections=2)
+    with worker_in_thread(worker):
+        first = [add_job(conn, task, {"amount": 1})["id"] for task in ("ledger", "ledger_sync")]
+        wait_until(lambda: all(job(conn, j)["state"] == "completed" for j in first), 10, "two jobs")
+        assert conn.execute(JOB_BACKENDS).fetchone()["n"] >= 2  # one pool of each kind
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'hopper-job' AND datname = current_database()"
+        )
+        wait_until(lambda: conn.execute(JOB_BACKENDS).fetchone()["n"] == 0, 10, "the kills")
+        again = [add_job(conn, task, {"amount": 2})["id"] for task in ("ledger", "ledger_sync")]
+        ended = ("completed", "scheduled")  # scheduled: failed, to be retried
+        wait_until(lambda: all(job(conn, j)["state"] in ended for j in again), 10, "two more")
+    for target in again:
+        assert (job(conn, target)["state"], job(conn, target)["errors"]) == ("completed", [])
+    assert sorted(ledger()) == sorted([(j, 1) for j in first] + [(j, 2) for j in again])
+
+
 def test_job_connections_must_be_positive(dsn):
     with pytest.raises(ValueError, match=r"job_connections must be at least 1 \(got 0\)"):
         hopper.Worker(dsn, worker_tasks.tasks, job_connections=0)

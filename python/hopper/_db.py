@@ -301,11 +301,20 @@ class JobTransaction:
             raise JobLost(f"job {self.context.job.id} is no longer held by this worker")
 
     async def __aenter__(self) -> psycopg.AsyncConnection:
-        self._lease = (await self.db.job_pool()).connection()
-        conn = await self._lease.__aenter__()
-        await conn.execute("BEGIN")
-        self._conn = conn
-        return conn
+        pool = await self.db.job_pool()
+        for spare in range(pool.max_size, -1, -1):
+            self._lease = pool.connection()
+            conn = await self._lease.__aenter__()
+            try:
+                await conn.execute("BEGIN")
+            except psycopg.OperationalError:
+                await self._lease.__aexit__(None, None, None)  # the pool drops it if dead
+                if not conn.broken or not spare:
+                    raise
+                continue  # see __enter__
+            self._conn = conn
+            return conn
+        raise AssertionError("unreachable")
 
     async def __aexit__(self, kind: Any, error: Any, traceback: Any) -> None:
         conn = self._conn
@@ -320,17 +329,31 @@ class JobTransaction:
             else:
                 await conn.execute("ROLLBACK")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            if not conn.broken:  # a dead one's error would hide the first
+                await conn.execute("ROLLBACK")
             raise
         finally:
             await self._lease.__aexit__(None, None, None)
 
     def __enter__(self) -> psycopg.Connection:
-        self._lease = self.db.sync_job_pool().connection()
-        conn = self._lease.__enter__()
-        conn.execute("BEGIN")
-        self._conn = conn
-        return conn
+        """A pooled connection can have died while idle (a server restart, a firewall
+        that drops idle connections): its BEGIN fails and did nothing, so another
+        is taken, rather than the job failing an attempt. As many tries as the pool
+        holds connections, and one more, which it then opens afresh."""
+        pool = self.db.sync_job_pool()
+        for spare in range(pool.max_size, -1, -1):
+            self._lease = pool.connection()
+            conn = self._lease.__enter__()
+            try:
+                conn.execute("BEGIN")
+            except psycopg.OperationalError:
+                self._lease.__exit__(None, None, None)  # the pool drops it if dead
+                if not conn.broken or not spare:
+                    raise
+                continue
+            self._conn = conn
+            return conn
+        raise AssertionError("unreachable")
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
         conn = self._conn
@@ -343,7 +366,8 @@ class JobTransaction:
             else:
                 conn.execute("ROLLBACK")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if not conn.broken:
+                conn.execute("ROLLBACK")
             raise
         finally:
             self._lease.__exit__(None, None, None)
