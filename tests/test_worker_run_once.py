@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -448,6 +449,36 @@ def test_a_job_that_fails_for_good_is_logged_as_an_error(dsn, conn, caplog):
         exhausted: (logging.ERROR, f"job {exhausted} (last, attempt 1): job failed for good"
                     " (attempt 1 of 1): ValueError: still broken"),
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_handler_that_calls_sys_exit_fails_its_job_and_the_worker_runs_on(dsn, conn, kind):
+    """SystemExit left the handler and ended the worker (the process exited with the
+    handler's code), and the job, given back with its attempt uncounted, ended the
+    next worker that claimed it: one job stopped every worker for good."""
+    tasks = hopper.TaskRegistry()
+
+    @tasks.task("exit_async")
+    async def exit_async(payload: dict) -> None:
+        sys.exit(3)
+
+    @tasks.task("exit_sync")
+    def exit_sync(payload: dict) -> None:
+        raise KeyboardInterrupt
+
+    @tasks.task("after")
+    async def after(payload: dict) -> str:
+        return "ran"
+
+    exiting = add_job(conn, f"exit_{kind}", {}, max_attempts=2)["id"]
+    later = add_job(conn, "after", {}, run_at="now")["id"]
+    assert hopper.run_once(dsn, tasks) == 2
+    failed = job(conn, exiting)
+    expected = "SystemExit: 3" if kind == "async" else "KeyboardInterrupt"
+    assert (failed["state"], failed["attempts"], failed["last_error"]) == (
+        "scheduled", 1, expected,
+    )  # fmt: skip
+    assert job(conn, later)["result"] == "ran"
 
 
 def test_a_worker_without_tasks_is_refused(dsn):

@@ -338,14 +338,16 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
     except PermanentFailure as error:
         return Failed(job.id, _error_text(error), permanent=True, trace=_traceback_text(error))
-    except Exception as error:
+    except (Exception, SystemExit, KeyboardInterrupt) as error:
+        # a handler's sys.exit() (or a library's: argparse's parser.error, say) ended
+        # the worker, and the job, given back uncounted, ended the next one too
         return _failure(context, job, error)
     if context.completed_in_transaction:
         return Settled(job.id)
     return _outcome_of_result(job, result)
 
 
-def _failure(context: JobContext, job: Job, error: Exception) -> Failed:
+def _failure(context: JobContext, job: Job, error: BaseException) -> Failed:
     return Failed(job.id, _error_text(error), trace=_traceback_text(error))
 
 
