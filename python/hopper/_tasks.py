@@ -401,7 +401,10 @@ def _cut(text: str) -> str:
 def _traceback_text(error: BaseException) -> str:
     """The traceback Python would print, chained exceptions included, without the
     frames of this module that called the handler, and each of its pieces (a frame,
-    an exception's message) cut as the stored message is."""
+    an exception's message) cut as the stored message is. Nothing for an exception
+    never raised (a batch handler's returned one): the message says it all."""
+    if error.__traceback__ is None:
+        return ""
     report = traceback.TracebackException.from_exception(error)
     chained: traceback.TracebackException | None = report
     while chained is not None:
