@@ -249,6 +249,28 @@ def test_a_job_connection_that_died_while_idle_costs_no_attempt(dsn, conn, ledge
     assert sorted(ledger()) == sorted([(j, 1) for j in first] + [(j, 2) for j in again])
 
 
+def test_a_timed_out_sync_handler_gives_its_job_connection_back(dsn, conn, ledger):
+    """A sync handler's thread runs on past its timeout. Its job transaction held a
+    pooled connection for as long as its query ran, so with job_connections=1 every
+    other job transaction of the worker waited 20 s here (more timeouts than
+    connections would have stopped them all). Its query is now cancelled."""
+    worker = hopper.Worker(dsn, worker_tasks.tasks, concurrency=4, job_connections=1)
+    sleeping = (
+        "SELECT count(*) AS n FROM pg_stat_activity"
+        " WHERE application_name = 'hopper-job' AND query LIKE '%%pg_sleep%%'"
+        " AND state = 'active'"
+    )
+    with worker_in_thread(worker):
+        stuck = add_job(conn, "stuck_in_transaction", {"seconds": 20}, max_attempts=1)["id"]
+        wait_until(lambda: conn.execute(sleeping).fetchone()["n"] == 1, 10, "its query")
+        after = add_job(conn, "ledger_sync", {"amount": 3})["id"]
+        took = wait_until(lambda: job(conn, after)["state"] == "completed", 10, "the next job")
+        assert conn.execute(sleeping).fetchone()["n"] == 0
+    assert took < 3, took
+    assert job(conn, stuck)["last_error"] == "timeout after 00:00:00.5"
+    assert ledger() == [(after, 3)]
+
+
 def test_job_connections_must_be_positive(dsn):
     with pytest.raises(ValueError, match=r"job_connections must be at least 1 \(got 0\)"):
         hopper.Worker(dsn, worker_tasks.tasks, job_connections=0)

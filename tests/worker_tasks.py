@@ -228,6 +228,14 @@ def hold_transaction_sync(payload: dict, job: hopper.JobContext) -> None:
         conn.execute("INSERT INTO job_backends SELECT %s, pg_backend_pid()", [job.job.id])
 
 
+@tasks.task("stuck_in_transaction", timeout="0.5s")
+def stuck_in_transaction(payload: dict, job: hopper.JobContext) -> None:
+    """A sync handler whose transaction's query runs past its timeout (waiting for a
+    lock, say): the thread cannot be stopped, but its query can."""
+    with job.transaction() as conn:
+        conn.execute("SELECT pg_sleep(%s)", [payload["seconds"]])
+
+
 @tasks.task("lower_max_batch_size")
 def lower_max_batch_size(payload: dict) -> str:
     """Lowers max_batch_size while its batch runs, as an administrator might."""

@@ -296,11 +296,19 @@ class JobTransaction:
         query = self.db.call("complete_job", "%s, %s, %s::jsonb", "id")
         return query, [self.context.worker_id, self.context.job.id, self.result]
 
+    def _refuse_if_abandoned(self) -> None:
+        """A handler the worker gave up on (its job timed out, was cancelled, or is
+        being given back) may run on; a transaction it opens then would only end in
+        JobLost, so it ends there at once."""
+        if self.context._cancelled is not None and self.context._cancelled.is_set():
+            raise JobLost(f"job {self.context.job.id} was given up by this worker")
+
     def _check(self, row: Any) -> None:
         if row is None or row[0] is None:
             raise JobLost(f"job {self.context.job.id} is no longer held by this worker")
 
     async def __aenter__(self) -> psycopg.AsyncConnection:
+        self._refuse_if_abandoned()
         pool = await self.db.job_pool()
         for spare in range(pool.max_size, -1, -1):
             self._lease = pool.connection()
@@ -340,6 +348,7 @@ class JobTransaction:
         that drops idle connections): its BEGIN fails and did nothing, so another
         is taken, rather than the job failing an attempt. As many tries as the pool
         holds connections, and one more, which it then opens afresh."""
+        self._refuse_if_abandoned()
         pool = self.db.sync_job_pool()
         for spare in range(pool.max_size, -1, -1):
             self._lease = pool.connection()
@@ -352,6 +361,14 @@ class JobTransaction:
                     raise
                 continue
             self._conn = conn
+            try:
+                with self.context._connection_lock:  # see JobContext._abandon
+                    self._refuse_if_abandoned()
+                    self.context._open_connection = conn
+            except JobLost:
+                conn.execute("ROLLBACK")
+                self._lease.__exit__(None, None, None)
+                raise
             return conn
         raise AssertionError("unreachable")
 
@@ -370,4 +387,6 @@ class JobTransaction:
                 conn.execute("ROLLBACK")
             raise
         finally:
+            with self.context._connection_lock:
+                self.context._open_connection = None
             self._lease.__exit__(None, None, None)

@@ -181,6 +181,9 @@ class JobContext:
     _transactions: Callable[[JobContext, Any], Any] | None = None
     _cancelled: threading.Event | None = None
     _logger: logging.LoggerAdapter | None = None
+    # a sync handler's open job transaction, which _abandon cancels the query of
+    _open_connection: Any = None
+    _connection_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def logger(self) -> logging.LoggerAdapter:
@@ -196,6 +199,24 @@ class JobContext:
         if self._cancelled is None:
             self._cancelled = threading.Event()
         return self._cancelled
+
+    def _abandon(self) -> None:
+        """The worker gives up on the handler: it timed out or was cancelled, or the
+        worker stops or lost the job. Sets ``cancelled``, and cancels the query that a
+        sync handler's job transaction runs: the thread cannot be stopped, and one
+        waiting for a lock would hold its pooled connection for as long. (An async
+        handler's query is cancelled with its task.)"""
+        self.cancelled.set()
+        if self._open_connection is not None:  # the thread looks again, under the lock
+            threading.Thread(target=self._cancel_open_query, daemon=True).start()
+
+    def _cancel_open_query(self) -> None:
+        # under the lock, so that the connection cannot go back to the pool, and the
+        # cancel reach the next job's query, meanwhile
+        with self._connection_lock:
+            if self._open_connection is not None:
+                with contextlib.suppress(Exception):
+                    self._open_connection.cancel_safe(timeout=5)
 
     def set_progress(self, percent: float) -> None:
         """Record how far the job is, 0-100 (a fraction rounded to the nearest whole
@@ -334,7 +355,7 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
     except TimeoutError as error:
         if timeout is None or deadline is None or not deadline.expired():
             return _failure(context, job, error)  # the handler's own, an HTTP call's say
-        context.cancelled.set()
+        context._abandon()
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
     except PermanentFailure as error:
         return Failed(job.id, _error_text(error), permanent=True, trace=_traceback_text(error))

@@ -505,7 +505,7 @@ class Worker:
         if running is not None and not running.cancel_requested:
             running.context.logger.info("cancelling on request")
             running.cancel_requested = True
-            running.context.cancelled.set()
+            running.context._abandon()
             running.task.cancel()
             running.task.add_done_callback(partial(self._end_if_never_run, running))
 
@@ -666,7 +666,7 @@ class Worker:
         lost = list(self._running.values())
         self._running.clear()
         for running in lost:
-            running.context.cancelled.set()
+            running.context._abandon()
             running.task.cancel()
         logger.warning(
             "worker %s was retired; dropped %s jobs, continuing as %s",
@@ -793,7 +793,7 @@ class Worker:
         left = list(self._running.values())
         self._running.clear()
         for running in left:
-            running.context.cancelled.set()
+            running.context._abandon()
         if left:
             stuck = await cancel_and_wait([r.task for r in left])
             if stuck:
