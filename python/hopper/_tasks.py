@@ -354,22 +354,22 @@ async def run_handler(task: Task, job: Job, context: JobContext) -> Report:
                 result = await call
     except TimeoutError as error:
         if timeout is None or deadline is None or not deadline.expired():
-            return _failure(context, job, error)  # the handler's own, an HTTP call's say
+            return _failure(job, error)  # the handler's own, an HTTP call's say
         context._abandon()
         return Failed(job.id, f"timeout after {interval_text(timeout)}")
     except PermanentFailure as error:
-        return Failed(job.id, _error_text(error), permanent=True, trace=_traceback_text(error))
+        return _failure(job, error, permanent=True)
     except (Exception, SystemExit, KeyboardInterrupt) as error:
         # a handler's sys.exit() (or a library's: argparse's parser.error, say) ended
         # the worker, and the job, given back uncounted, ended the next one too
-        return _failure(context, job, error)
+        return _failure(job, error)
     if context.completed_in_transaction:
         return Settled(job.id)
     return _outcome_of_result(job, result)
 
 
-def _failure(context: JobContext, job: Job, error: BaseException) -> Failed:
-    return Failed(job.id, _error_text(error), trace=_traceback_text(error))
+def _failure(job: Job, error: BaseException, permanent: bool = False) -> Failed:
+    return Failed(job.id, _error_text(error), permanent=permanent, trace=_traceback_text(error))
 
 
 def log_failure(context: JobContext, outcome: Failed) -> None:
