@@ -18,13 +18,20 @@ module.exports = async (payload) => {
   fs.appendFileSync(process.env.GW_LATENCY_FILE, `${payload.n} ${started}\\n`);
 };
 """
-CONFIG = """module.exports = {
-  worker: {
-    localQueue: { size: Number(process.env.GW_LOCAL_QUEUE || -1) },
+# NO_LOG_SUCCESS (set as graphile-worker's own perf scripts do) also silences the
+# "Worker connected" line, so readiness is printed from the listen-success event
+READY_TEXT = "hopper-bench: graphile-worker listening"
+CONFIG = f"""const {{ EventEmitter }} = require("events");
+const events = new EventEmitter();
+events.on("pool:listen:success", () => console.log("{READY_TEXT}"));
+module.exports = {{
+  worker: {{
+    events,
+    localQueue: {{ size: Number(process.env.GW_LOCAL_QUEUE || -1) }},
     completeJobBatchDelay: Number(process.env.GW_BATCH_DELAY || -1),
     failJobBatchDelay: Number(process.env.GW_BATCH_DELAY || -1),
-  },
-};
+  }},
+}};
 """
 
 
@@ -82,6 +89,7 @@ class Graphile:
             **os.environ,
             "GW_LOCAL_QUEUE": str(local_queue),
             "GW_BATCH_DELAY": str(batch_delay),
+            "NO_LOG_SUCCESS": "1",
             **env,
         }
         with open(log, "wb") as out:

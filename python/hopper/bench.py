@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Json
 
-from hopper._graphile import Graphile, GraphileUnavailable, install
+from hopper._graphile import READY_TEXT, Graphile, GraphileUnavailable, install
 from hopper._migrate import migrate
 
 HOPPER_SCHEMA = "hopper_bench"
@@ -166,7 +166,7 @@ class Hopper(System):
 class GraphileWorker(System):
     name = "graphile-worker"
     schema = GRAPHILE_SCHEMA
-    ready_text = "Worker connected and looking for jobs"
+    ready_text = READY_TEXT
 
     def __init__(self, dsn: str, work_dir: Path, folder: Path, local_queue: int = 500) -> None:
         super().__init__(dsn, work_dir)
