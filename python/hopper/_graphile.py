@@ -1,6 +1,6 @@
 """graphile-worker for `hopper bench --compare graphile-worker`: installed from the
 npm registry into a cache folder and run as its own CLI, with its documented fastest
-settings (local queue, batched completion)."""
+settings (local queue, batched completion) and no log line per completed job."""
 
 from __future__ import annotations
 
